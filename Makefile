@@ -1,0 +1,35 @@
+# The two commands of the README:  `make run`  and  `make test`.
+# Each creates .venv from the requirements files when missing or out of date.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APP_STAMP := $(VENV)/.app-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.PHONY: run demo test lint bench-generate bench-train clean-venv
+
+$(APP_STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+$(DEV_STAMP): $(APP_STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $@
+
+## Set up and start the app (add ARGS="--demo" to try it on tiny models on a CPU).
+run: $(APP_STAMP)
+	$(BIN)/python app.py $(ARGS)
+
+demo: $(APP_STAMP)
+	$(BIN)/python app.py --demo $(ARGS)
+
+## Set up and run the whole test suite (browser tests need Debian's chromium).
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check studio tests app.py benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

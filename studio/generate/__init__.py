@@ -1,0 +1,1 @@
+"""Generation: SDXL base + optional refiner + LoRA, and the gallery of results."""

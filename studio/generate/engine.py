@@ -1,0 +1,228 @@
+"""The generation core: SDXL base, optional refiner (ensemble of experts), LoRA switching.
+
+The base pipeline loads once and stays loaded; LoRAs are attached as named adapters, so
+switching, re-weighting or removing a LoRA between generations never reloads the base model.
+Each image ``i`` of a request uses seed ``seed + i`` on a CPU generator, so the same seed and
+settings give the same image on any machine and at any batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from studio import __version__
+from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
+from studio.models import (
+    GPU_LOCK,
+    LoraRef,
+    ModelLoadError,
+    load_refiner,
+    load_sdxl_pipeline,
+    model_source,
+    pick_device,
+    pick_dtype,
+    resolve_lora,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+
+
+class GenerationError(ValueError):
+    """A request the user must change (one sentence)."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 30
+    guidance: float = 6.0
+    width: int = 1024
+    height: int = 1024
+    num_images: int = 1
+    scheduler: str = DEFAULT_SCHEDULER
+    lora: str | None = None
+    lora_scale: float = 1.0
+    refiner: bool = False
+    refiner_switch: float = 0.8
+
+    def validate(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise GenerationError("The prompt is empty: describe the image to generate.")
+        if len(self.prompt) > 2000 or len(self.negative_prompt or "") > 2000:
+            raise GenerationError("Prompts are limited to 2000 characters.")
+        if not 1 <= int(self.steps) <= 150:
+            raise GenerationError(f"Steps must be between 1 and 150 (got {self.steps}).")
+        if not 0 <= float(self.guidance) <= 30:
+            raise GenerationError(f"Guidance must be between 0 and 30 (got {self.guidance}).")
+        for name in ("width", "height"):
+            v = int(getattr(self, name))
+            if not 64 <= v <= 2048 or v % 8:
+                raise GenerationError(f"{name.capitalize()} must be a multiple of 8 between 64 and "
+                                      f"2048 (got {v}).")
+        if not 1 <= int(self.num_images) <= 8:
+            raise GenerationError(f"Number of images must be 1-8 (got {self.num_images}).")
+        if self.scheduler not in SCHEDULERS:
+            raise GenerationError(f"Unknown scheduler {self.scheduler!r}; choose one of: "
+                                  f"{', '.join(SCHEDULERS)}.")
+        if not -4 <= float(self.lora_scale) <= 4:
+            raise GenerationError(f"LoRA scale must be between -4 and 4 (got {self.lora_scale}).")
+        if self.refiner and not 0.0 < float(self.refiner_switch) < 1.0:
+            raise GenerationError("Refiner switch must be between 0 and 1 (e.g. 0.8: the base "
+                                  "does 80% of the denoising).")
+        if self.seed is not None and not -1 <= int(self.seed) <= MAX_SEED:
+            raise GenerationError(f"Seed must be between 0 and {MAX_SEED} (or -1 for random).")
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int, int, int], None]  # (image index, n images, step, steps)
+
+
+class Generator:
+    """Holds the loaded pipelines and the attached LoRAs for one base model."""
+
+    MAX_ADAPTERS = 4
+
+    def __init__(self, base: str | None = None, refiner: str | None = None,
+                 vae: str | None = None, device: str | None = None, dtype: Any = None):
+        self.base_source = model_source("base", base)
+        self.refiner_source = model_source("refiner", refiner)
+        self.vae = vae
+        self.device = device or pick_device()
+        self.dtype = dtype or pick_dtype(self.device)
+        self._adapters: OrderedDict[tuple, str] = OrderedDict()
+        self._active: str | None = None
+        self._sched_config: dict[str, Any] | None = None
+
+    # ---- models ----------------------------------------------------------------------------
+    def base_pipe(self):
+        pipe = load_sdxl_pipeline(self.base_source, self.vae, self.device, self.dtype)
+        if self._sched_config is None:
+            self._sched_config = dict(pipe.scheduler.config)
+        return pipe
+
+    def refiner_pipe(self):
+        return load_refiner(self.refiner_source, self.base_pipe(), self.device, self.dtype)
+
+    # ---- LoRA ------------------------------------------------------------------------------
+    def _apply_lora(self, pipe, lora: str | None, scale: float) -> LoraRef | None:
+        if not lora:
+            if self._adapters:
+                pipe.disable_lora()
+            self._active = None
+            return None
+        ref = resolve_lora(lora)
+        file = ref.path / (ref.weight_name or "")
+        key = (str(file.resolve()), file.stat().st_mtime_ns if file.exists() else 0)
+        name = self._adapters.get(key)
+        if name is None:
+            name = f"lora_{len(self._adapters)}_{int(time.time() * 1000) % 10**8}"
+            try:
+                pipe.load_lora_weights(str(ref.path), weight_name=ref.weight_name,
+                                       adapter_name=name)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"The LoRA {ref.label} could not be loaded into this base model "
+                    f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); "
+                    "check that it is an SDXL LoRA.") from exc
+            self._adapters[key] = name
+            while len(self._adapters) > self.MAX_ADAPTERS:
+                _, old = self._adapters.popitem(last=False)
+                pipe.delete_adapters(old)
+        else:
+            self._adapters.move_to_end(key)
+        pipe.enable_lora()
+        pipe.set_adapters([name], adapter_weights=[float(scale)])
+        self._active = name
+        return ref
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters.values())
+
+    # ---- generation ------------------------------------------------------------------------
+    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None
+                 ) -> list[GeneratedImage]:
+        import torch
+
+        req.validate()
+        base_seed = random.randint(0, MAX_SEED) if req.seed is None or int(req.seed) < 0 \
+            else int(req.seed)
+        out: list[GeneratedImage] = []
+        with GPU_LOCK:
+            pipe = self.base_pipe()
+            refiner = self.refiner_pipe() if req.refiner else None
+            lora_ref = self._apply_lora(pipe, req.lora, req.lora_scale)
+            pipe.scheduler = make_scheduler(req.scheduler, self._sched_config)
+            if refiner is not None:
+                refiner.scheduler = make_scheduler(req.scheduler, dict(refiner.scheduler.config))
+            n = int(req.num_images)
+            for i in range(n):
+                seed = (base_seed + i) % (MAX_SEED + 1)
+                t0 = time.perf_counter()
+
+                def on_step(_pipe, step, _t, kwargs, _i=i):
+                    if progress:
+                        progress(_i, n, step + 1, int(req.steps))
+                    return kwargs
+
+                common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+                              num_inference_steps=int(req.steps),
+                              guidance_scale=float(req.guidance))
+                gen = torch.Generator("cpu").manual_seed(seed)
+                try:
+                    if refiner is None:
+                        image = pipe(**common, width=int(req.width), height=int(req.height),
+                                     generator=gen, callback_on_step_end=on_step).images[0]
+                    else:
+                        latents = pipe(**common, width=int(req.width), height=int(req.height),
+                                       generator=gen, denoising_end=float(req.refiner_switch),
+                                       output_type="latent", callback_on_step_end=on_step).images
+                        image = refiner(**common, image=latents, generator=gen,
+                                        denoising_start=float(req.refiner_switch)).images[0]
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise GenerationError(
+                        "The GPU ran out of memory; lower the resolution or the number of images, "
+                        "or turn off the refiner.") from exc
+                params = {
+                    **{k: v for k, v in asdict(req).items() if k not in ("lora", "refiner")},
+                    "seed": seed, "num_images": 1,
+                    "lora": lora_ref.label if lora_ref else None,
+                    "lora_scale": float(req.lora_scale) if lora_ref else None,
+                    "refiner": self.refiner_source if refiner is not None else None,
+                    "refiner_switch": float(req.refiner_switch) if refiner is not None else None,
+                    "base_model": self.base_source, "device": self.device,
+                    "dtype": str(self.dtype).replace("torch.", ""),
+                    "studio_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "duration_s": round(time.perf_counter() - t0, 3),
+                }
+                out.append(GeneratedImage(image, params))
+        return out
+
+
+_GENERATORS: dict[tuple, Generator] = {}
+
+
+def get_generator(base: str | None = None, refiner: str | None = None, vae: str | None = None
+                  ) -> Generator:
+    """One shared :class:`Generator` per (base, refiner, vae) in this process."""
+    key = (model_source("base", base), model_source("refiner", refiner), vae)
+    if key not in _GENERATORS:
+        _GENERATORS[key] = Generator(base, refiner, vae)
+    return _GENERATORS[key]

@@ -1,0 +1,366 @@
+"""Model ids, local overrides, device/dtype choice, lazy cached loading and the GPU lock.
+
+Every model the studio uses has a default Hub id that the user can replace by an environment
+variable (or a CLI flag / UI field) holding another Hub id or a local folder:
+
+==========  ===============================================  ========================
+role        default                                          environment variable
+==========  ===============================================  ========================
+base        stabilityai/stable-diffusion-xl-base-1.0         STUDIO_BASE_MODEL
+vae         madebyollin/sdxl-vae-fp16-fix                    STUDIO_VAE_MODEL
+refiner     stabilityai/stable-diffusion-xl-refiner-1.0      STUDIO_REFINER_MODEL
+captioner   Salesforce/blip-image-captioning-large           STUDIO_CAPTION_MODEL
+==========  ===============================================  ========================
+
+The fp16-fix VAE replaces the VAE bundled with the default SDXL base (the original one overflows
+in fp16). A custom base keeps its own VAE unless ``STUDIO_VAE_MODEL`` is set; the value ``base``
+always means "the VAE inside the base model".
+
+Nothing loads at import. Loaders are cached per (role, source, device, dtype); GPU work is
+serialised by :data:`GPU_LOCK`. A model that cannot be loaded raises :class:`ModelLoadError`
+whose message is one sentence naming the model, the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    key: str
+    label: str
+    default: str
+    env: str
+
+
+ROLES: dict[str, ModelRole] = {
+    "base": ModelRole("base", "SDXL base model", "stabilityai/stable-diffusion-xl-base-1.0",
+                      "STUDIO_BASE_MODEL"),
+    "vae": ModelRole("vae", "SDXL VAE", "madebyollin/sdxl-vae-fp16-fix", "STUDIO_VAE_MODEL"),
+    "refiner": ModelRole("refiner", "SDXL refiner", "stabilityai/stable-diffusion-xl-refiner-1.0",
+                         "STUDIO_REFINER_MODEL"),
+    "captioner": ModelRole("captioner", "BLIP captioning model",
+                           "Salesforce/blip-image-captioning-large", "STUDIO_CAPTION_MODEL"),
+}
+
+GPU_LOCK = threading.RLock()
+"""Held around every piece of GPU work (generation, captioning) in this process."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; ``str(err)`` is one sentence meant for the user."""
+
+
+def model_source(role: str, override: str | os.PathLike | None = None) -> str:
+    """The Hub id or local folder for ``role``: explicit override, then env var, then default."""
+    r = ROLES[role]
+    if override not in (None, ""):
+        return str(override)
+    return os.environ.get(r.env) or r.default
+
+
+def vae_source(base: str, override: str | None = None) -> str | None:
+    """The VAE to load for ``base``, or None to keep the VAE inside the base model."""
+    value = override if override not in (None, "") else os.environ.get(ROLES["vae"].env)
+    if value:
+        return None if value == "base" else value
+    return ROLES["vae"].default if base == ROLES["base"].default else None
+
+
+def looks_like_path(source: str) -> bool:
+    """True when ``source`` is meant as a local path rather than a Hub id ("user/name")."""
+    s = str(source)
+    if s.startswith(("/", "./", "../", "~", "\\")) or (len(s) > 1 and s[1] == ":"):
+        return True
+    if Path(s).expanduser().exists():
+        return True
+    # A Hub id is "name" or "owner/name" with no more slashes.
+    return s.count("/") > 1
+
+
+# ---- device and dtype ----------------------------------------------------------------------
+def pick_device(preference: str | None = None) -> str:
+    """``cuda`` when available, else ``mps``, else ``cpu``; ``STUDIO_DEVICE`` overrides."""
+    import torch
+
+    pref = preference or os.environ.get("STUDIO_DEVICE") or "auto"
+    if pref != "auto":
+        if pref.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"Device {pref!r} was requested but no CUDA GPU is available; "
+                                 "set STUDIO_DEVICE=cpu or auto.")
+        return pref
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+           "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def pick_dtype(device: str, preference: str | None = None):
+    """bf16 on GPUs that support it, else fp16 on CUDA/MPS, fp32 on CPU; ``STUDIO_DTYPE`` overrides."""
+    import torch
+
+    pref = preference or os.environ.get("STUDIO_DTYPE") or "auto"
+    if pref != "auto":
+        if pref not in _DTYPES:
+            raise ModelLoadError(f"Unknown dtype {pref!r}; use auto, fp32, fp16 or bf16.")
+        return getattr(torch, _DTYPES[pref])
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def explain_load_error(role: str, source: str, exc: BaseException) -> ModelLoadError:
+    """Turn any loading exception into one user-facing sentence."""
+    label = ROLES[role].label if role in ROLES else role
+    env = ROLES[role].env if role in ROLES else None
+    fix_var = f"set {env} (or the matching option) to a local folder with the model" if env else \
+        "point the option at a local folder with the model"
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if looks_like_path(source) and not Path(source).expanduser().exists():
+        msg = f"The {label} folder {source} does not exist; check the path or {fix_var}."
+    elif "outofmemory" in low.replace(" ", "") or "out of memory" in low:
+        msg = (f"Not enough GPU memory to load the {label} ({source}); close other GPU programs, "
+               "turn off the refiner, or use a smaller resolution.")
+    elif "gated" in low or "401" in low or "403" in low or "unauthorized" in low:
+        msg = (f"The {label} {source} is gated or private; accept its license on the Hub and set "
+               "HF_TOKEN, or " + fix_var + ".")
+    elif looks_like_path(source):
+        msg = (f"The folder {source} is not a valid {label} ({_first_line(exc)}); it must hold "
+               "the model saved in diffusers/transformers format.")
+    elif any(k in low for k in ("connect", "offline", "resolve", "timed out", "network",
+                                "cannot find the requested files", "localentrynotfound",
+                                "couldn't find", "max retries")):
+        msg = (f"Could not download the {label} {source} (no network or not in the local cache); "
+               f"connect to the internet once, or {fix_var}.")
+    elif "not a valid model identifier" in low or "repository not found" in low or "404" in low:
+        msg = f"The {label} {source} was not found on the Hub; check the id or {fix_var}."
+    else:
+        msg = f"Could not load the {label} {source}: {_first_line(exc)}."
+    err = ModelLoadError(msg)
+    err.__cause__ = exc
+    return err
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip().splitlines()
+    return (s[0] if s else type(exc).__name__).rstrip(".")[:200]
+
+
+# ---- the cache ------------------------------------------------------------------------------
+_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached(key: tuple, loader: Callable[[], Any]) -> Any:
+    """Return the cached object for ``key``, loading it once (thread-safe)."""
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    obj = loader()
+    with _CACHE_LOCK:
+        return _CACHE.setdefault(key, obj)
+
+
+def evict(predicate: Callable[[tuple], bool] | None = None) -> None:
+    """Drop cached models (all, or those whose key matches) and free GPU memory."""
+    with _CACHE_LOCK:
+        for k in [k for k in _CACHE if predicate is None or predicate(k)]:
+            del _CACHE[k]
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+def _check_local(role: str, source: str) -> None:
+    if looks_like_path(source) and not Path(source).expanduser().exists():
+        raise explain_load_error(role, source, FileNotFoundError(source))
+
+
+def load_sdxl_pipeline(base: str | None = None, vae: str | None = None, device: str | None = None,
+                       dtype: Any = None):
+    """The SDXL text-to-image pipeline (cached)."""
+    source = model_source("base", base)
+    _check_local("base", source)
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+    vae_src = vae_source(source, vae)
+
+    def load():
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        if vae_src:
+            _check_local("vae", vae_src)
+            try:
+                kwargs["vae"] = AutoencoderKL.from_pretrained(_expand(vae_src), torch_dtype=dtype)
+            except Exception as exc:
+                raise explain_load_error("vae", vae_src, exc) from exc
+        if dtype is not None and str(dtype).endswith("float16") and not looks_like_path(source):
+            kwargs["variant"] = "fp16"
+        try:
+            try:
+                pipe = StableDiffusionXLPipeline.from_pretrained(_expand(source), **kwargs)
+            except (OSError, ValueError) as exc:
+                if "variant" not in kwargs or "variant" not in str(exc):
+                    raise
+                kwargs.pop("variant")
+                pipe = StableDiffusionXLPipeline.from_pretrained(_expand(source), **kwargs)
+            pipe.to(device)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise explain_load_error("base", source, exc) from exc
+        pipe.set_progress_bar_config(disable=True)
+        log.info("loaded SDXL base %s on %s (%s)", source, device, dtype)
+        return pipe
+
+    return cached(("base", source, vae_src, device, str(dtype)), load)
+
+
+def load_refiner(refiner: str | None = None, base_pipe=None, device: str | None = None,
+                 dtype: Any = None):
+    """The SDXL img2img refiner (cached); shares the base's VAE and second text encoder."""
+    source = model_source("refiner", refiner)
+    _check_local("refiner", source)
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+
+    def load():
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        if base_pipe is not None:
+            kwargs["text_encoder_2"] = base_pipe.text_encoder_2
+            kwargs["vae"] = base_pipe.vae
+        try:
+            pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(_expand(source), **kwargs)
+            pipe.to(device)
+        except Exception as exc:
+            raise explain_load_error("refiner", source, exc) from exc
+        pipe.set_progress_bar_config(disable=True)
+        log.info("loaded SDXL refiner %s on %s", source, device)
+        return pipe
+
+    return cached(("refiner", source, id(base_pipe), device, str(dtype)), load)
+
+
+def load_captioner(captioner: str | None = None, device: str | None = None, dtype: Any = None):
+    """(processor, model) of the BLIP captioner (cached)."""
+    source = model_source("captioner", captioner)
+    _check_local("captioner", source)
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+
+    def load():
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        try:
+            processor = BlipProcessor.from_pretrained(_expand(source))
+            model = BlipForConditionalGeneration.from_pretrained(_expand(source), dtype=dtype)
+            model.to(device).eval()
+        except Exception as exc:
+            raise explain_load_error("captioner", source, exc) from exc
+        return processor, model
+
+    return cached(("captioner", source, device, str(dtype)), load)
+
+
+def _expand(source: str) -> str:
+    return str(Path(source).expanduser()) if looks_like_path(source) else source
+
+
+# ---- LoRA references -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraRef:
+    """A resolved LoRA: a local file, or a folder holding ``pytorch_lora_weights.safetensors``."""
+
+    path: Path
+    weight_name: str | None
+    label: str
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def resolve_lora(ref: str) -> LoraRef:
+    """Resolve a LoRA given as a local file/folder or a Hub id (``owner/name`` or
+    ``owner/name:file.safetensors``); Hub files are downloaded once into the Hub cache."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ModelLoadError("No LoRA was given.")
+    p = Path(ref).expanduser()
+    if looks_like_path(ref) or p.exists():
+        if p.is_file():
+            return LoraRef(p.parent, p.name, ref)
+        if p.is_dir():
+            # A run folder, a checkpoint or an export folder.
+            for cand in (p / LORA_FILE, p / "lora" / LORA_FILE):
+                if cand.is_file():
+                    return LoraRef(cand.parent, cand.name, ref)
+            files = sorted(p.glob("*.safetensors"))
+            if len(files) == 1:
+                return LoraRef(p, files[0].name, ref)
+            raise ModelLoadError(f"The LoRA folder {ref} holds no {LORA_FILE} (or a single "
+                                 ".safetensors file); pick the file itself.")
+        raise ModelLoadError(f"The LoRA file {ref} does not exist; check the path.")
+    repo, _, fname = ref.partition(":")
+    return _download_hub_lora(repo, fname or None)
+
+
+def _download_hub_lora(repo: str, fname: str | None) -> LoraRef:
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    label = f"{repo}:{fname}" if fname else repo
+    try:
+        if fname is None:
+            try:
+                hf_hub_download(repo, LORA_FILE)  # the diffusers default name
+                fname = LORA_FILE
+            except Exception as first:
+                files = [f for f in list_repo_files(repo) if f.endswith(".safetensors")]
+                if len(files) != 1:
+                    if not files:
+                        raise first
+                    raise ModelLoadError(
+                        f"The Hub repo {repo} holds several LoRA files ({', '.join(files[:5])}); "
+                        f"name one as {repo}:FILE.") from None
+                fname = files[0]
+        local = Path(hf_hub_download(repo, fname))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}".lower()
+        if "401" in text or "403" in text or "gated" in text or "unauthorized" in text:
+            msg = f"The LoRA repo {repo} is private or gated; set HF_TOKEN to a token that can read it."
+        elif "404" in text or "not found" in text or "entrynotfound" in text:
+            msg = f"The LoRA {label} was not found on the Hub; check the repo id and file name."
+        else:
+            msg = (f"Could not download the LoRA {label} (no network or not cached); download it "
+                   "once, or give a local file.")
+        raise ModelLoadError(msg) from exc
+    return LoraRef(local.parent, local.name, label)

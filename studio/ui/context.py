@@ -1,0 +1,46 @@
+"""What every tab needs: the workspace and the model choices of this app instance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.models import model_source
+from studio.workspace import Workspace
+
+
+@dataclass
+class AppContext:
+    workspace: Workspace
+    base: str = field(default_factory=lambda: model_source("base"))
+    refiner: str = field(default_factory=lambda: model_source("refiner"))
+    captioner: str = field(default_factory=lambda: model_source("captioner"))
+    vae: str | None = None
+    demo: bool = False
+    remote: bool = False  # served beyond localhost: hide error details
+
+    @property
+    def demo_note(self) -> str:
+        return ("**Demo mode**: the models are tiny and have random weights, so images are noise "
+                "and captions are random words. Everything else works as with the real models.")
+
+    def lora_choices(self) -> list[str]:
+        """LoRAs found in the workspace's runs (final LoRA of each finished run)."""
+        out = []
+        for run in self.workspace.list_runs():
+            p = Path(run["path"]) / "pytorch_lora_weights.safetensors"
+            if p.is_file():
+                out.append(str(p))
+        return out
+
+    def environment(self) -> dict[str, str]:
+        """Environment for subprocesses started by the UI (same model choices)."""
+        env = dict(os.environ)
+        env["STUDIO_HOME"] = str(self.workspace.home)
+        env["STUDIO_BASE_MODEL"] = self.base
+        env["STUDIO_REFINER_MODEL"] = self.refiner
+        env["STUDIO_CAPTION_MODEL"] = self.captioner
+        if self.vae:
+            env["STUDIO_VAE_MODEL"] = self.vae
+        return env
