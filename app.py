@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        from studio.models import quiet_libraries
+
+        quiet_libraries()
     ctx = make_context(args)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(ctx.workspace.tmp_dir))
     from studio.ui.app import build_app

@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        from studio.models import quiet_libraries
+
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -145,18 +145,24 @@ def explain_load_error(role: str, source: str, exc: BaseException) -> ModelLoadE
     elif looks_like_path(source):
         msg = (f"The folder {source} is not a valid {label} ({_first_line(exc)}); it must hold "
                "the model saved in diffusers/transformers format.")
-    elif any(k in low for k in ("connect", "offline", "resolve", "timed out", "network",
-                                "cannot find the requested files", "localentrynotfound",
-                                "couldn't find", "max retries")):
+    elif not _hub_offline() and ("not a valid model identifier" in low or "404" in low
+                                 or "repository not found" in low or "repositorynotfound" in low):
+        msg = f"The {label} {source} was not found on the Hub; check the id or {fix_var}."
+    elif _hub_offline() or any(k in low for k in (
+            "connect", "offline", "resolve", "timed out", "network", "max retries",
+            "cannot find the requested files", "localentrynotfound", "couldn't find",
+            "can't load", "don't have a local directory")):
         msg = (f"Could not download the {label} {source} (no network or not in the local cache); "
                f"connect to the internet once, or {fix_var}.")
-    elif "not a valid model identifier" in low or "repository not found" in low or "404" in low:
-        msg = f"The {label} {source} was not found on the Hub; check the id or {fix_var}."
     else:
         msg = f"Could not load the {label} {source}: {_first_line(exc)}."
     err = ModelLoadError(msg)
     err.__cause__ = exc
     return err
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -288,6 +294,22 @@ def load_captioner(captioner: str | None = None, device: str | None = None, dtyp
         return processor, model
 
     return cached(("captioner", source, device, str(dtype)), load)
+
+
+def quiet_libraries() -> None:
+    """Silence third-party progress bars and advice-level warnings in the CLI and the app."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # pragma: no cover - libraries missing
+        pass
 
 
 def _expand(source: str) -> str:

@@ -216,13 +216,19 @@ class Generator:
         return out
 
 
-_GENERATORS: dict[tuple, Generator] = {}
+_CURRENT: dict[str, Any] = {"key": None, "generator": None}
 
 
 def get_generator(base: str | None = None, refiner: str | None = None, vae: str | None = None
                   ) -> Generator:
-    """One shared :class:`Generator` per (base, refiner, vae) in this process."""
+    """The process's shared :class:`Generator`. Only one base model stays loaded: asking for
+    another base (or refiner) frees the previous models first, so a GPU never holds two SDXLs."""
+    from studio.models import evict
+
     key = (model_source("base", base), model_source("refiner", refiner), vae)
-    if key not in _GENERATORS:
-        _GENERATORS[key] = Generator(base, refiner, vae)
-    return _GENERATORS[key]
+    with GPU_LOCK:
+        if _CURRENT["key"] != key:
+            if _CURRENT["generator"] is not None:
+                evict(lambda k: k[0] in ("base", "refiner"))
+            _CURRENT.update(key=key, generator=Generator(base, refiner, vae))
+        return _CURRENT["generator"]

@@ -25,7 +25,7 @@ def _gallery_value(gallery: Gallery) -> list[tuple[str, str]]:
             for it in gallery.items(limit=GALLERY_LIMIT)]
 
 
-def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lora_scale,
+def run_generation(ctx: AppContext, gallery: Gallery, base, refiner_model, prompt, negative, lora, lora_scale,
                    scheduler, steps, guidance, width, height, seed, num_images, use_refiner,
                    refiner_switch, progress=None) -> tuple[list, str]:
     """Generate and save; returns (gallery value, status markdown). Never raises for user errors."""
@@ -38,7 +38,8 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
     t0 = time.perf_counter()
     try:
         req.validate()
-        gen = get_generator(ctx.base, ctx.refiner, ctx.vae)
+        gen = get_generator((base or "").strip() or ctx.base,
+                            (refiner_model or "").strip() or ctx.refiner, ctx.vae)
 
         def report(i, n, step, total):
             if progress is not None:
@@ -46,16 +47,16 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
 
         results = gen.generate(req, progress=report)
     except (ModelLoadError, GenerationError) as exc:
-        return _gallery_value(gallery), f"⚠️ {exc}"
+        return _gallery_value(gallery), f"**Error:** {exc}"
     except Exception as exc:  # an unexpected failure: keep the app alive, say what happened
         log.exception("generation failed")
         detail = "" if ctx.remote else f": {type(exc).__name__}: {str(exc)[:200]}"
-        return _gallery_value(gallery), f"⚠️ Generation failed{detail}."
+        return _gallery_value(gallery), f"**Error:** generation failed{detail}."
     for r in results:
         gallery.add(r.image, r.params)
     seeds = ", ".join(str(r.params["seed"]) for r in results)
     return (_gallery_value(gallery),
-            f"✅ {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds}).")
+            f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds}).")
 
 
 def build(ctx: AppContext) -> dict:
@@ -102,6 +103,12 @@ def build(ctx: AppContext) -> dict:
                                                    "the switch, the refiner finishes.")
                     refiner_switch = gr.Slider(0.5, 0.95, value=0.8, step=0.05,
                                                label="Refiner switch", elem_id="gen-switch")
+                with gr.Accordion("Models", open=False):
+                    base = gr.Textbox(label="Base model", value=ctx.base, elem_id="gen-base",
+                                      info="Hub id or local folder of an SDXL base model.")
+                    refiner_model = gr.Textbox(label="Refiner model", value=ctx.refiner,
+                                               elem_id="gen-refiner-model",
+                                               info="Hub id or local folder of the SDXL refiner.")
                 go = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 status = gr.Markdown(elem_id="gen-status")
             with gr.Column(scale=3):
@@ -117,7 +124,7 @@ def build(ctx: AppContext) -> dict:
             return run_generation(ctx, gallery, *args, progress=progress)
 
         go.click(on_generate,
-                 [prompt, negative, lora, lora_scale, scheduler, steps, guidance, width, height,
+                 [base, refiner_model, prompt, negative, lora, lora_scale, scheduler, steps, guidance, width, height,
                   seed, num_images, use_refiner, refiner_switch],
                  [images, status], concurrency_limit=1, concurrency_id="gpu")
 
@@ -138,7 +145,7 @@ def build(ctx: AppContext) -> dict:
                 out = ctx.workspace.exports_dir / f"gallery-{time.strftime('%Y%m%d-%H%M%S')}.zip"
                 return str(gallery.export_zip(out)), ""
             except ValueError as exc:
-                return None, f"⚠️ {exc}"
+                return None, f"**Error:** {exc}"
 
         export.click(on_export, None, [export_file, status])
     return {"prompt": prompt, "lora": lora, "images": images, "status": status}

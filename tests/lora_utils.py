@@ -1,0 +1,42 @@
+"""Build real LoRA files for the tiny SDXL UNet (diffusers and Kohya formats) for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def make_tiny_lora(base_dir: Path, out_dir: Path, rank: int = 4, alpha: float = 8.0,
+                   seed: int = 0, magnitude: float = 0.5) -> dict[str, Path]:
+    """Attach a LoRA with non-zero random weights to the tiny UNet and save it in both formats.
+
+    Returns {"diffusers": file, "kohya": file}. The Kohya file gets the adapter's real alpha
+    (diffusers' converter writes alpha = rank).
+    """
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * magnitude)
+    peft_sd = get_peft_model_state_dict(unet)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The adapter metadata (rank, alpha, targets) keeps alpha != rank correct on load.
+    StableDiffusionXLPipeline.save_lora_weights(
+        out_dir, unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(), safe_serialization=True)
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+    kohya = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous())
+             for k, v in kohya.items()}
+    kohya_file = out_dir / "lora_kohya.safetensors"
+    save_file(kohya, str(kohya_file))
+    return {"diffusers": out_dir / "pytorch_lora_weights.safetensors", "kohya": kohya_file}
