@@ -219,11 +219,11 @@ def load_sdxl_pipeline(base: str | None = None, vae: str | None = None, device: 
     def load():
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if vae_src:
             _check_local("vae", vae_src)
             try:
-                kwargs["vae"] = AutoencoderKL.from_pretrained(_expand(vae_src), torch_dtype=dtype)
+                kwargs["vae"] = AutoencoderKL.from_pretrained(_expand(vae_src), dtype=dtype)
             except Exception as exc:
                 raise explain_load_error("vae", vae_src, exc) from exc
         if dtype is not None and str(dtype).endswith("float16") and not looks_like_path(source):
@@ -259,7 +259,7 @@ def load_refiner(refiner: str | None = None, base_pipe=None, device: str | None 
     def load():
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if base_pipe is not None:
             kwargs["text_encoder_2"] = base_pipe.text_encoder_2
             kwargs["vae"] = base_pipe.vae

@@ -100,7 +100,11 @@ class Generator:
     MAX_ADAPTERS = 4
 
     def __init__(self, base: str | None = None, refiner: str | None = None,
-                 vae: str | None = None, device: str | None = None, dtype: Any = None):
+                 vae: str | None = None, device: str | None = None, dtype: Any = None,
+                 base_pipe: Any = None, refiner_pipe: Any = None):
+        """Sources are Hub ids or folders; ``base_pipe``/``refiner_pipe`` use already built
+        pipelines instead (benchmarks with random full-size weights)."""
+        self._base_pipe, self._refiner_pipe = base_pipe, refiner_pipe
         self.base_source = model_source("base", base)
         self.refiner_source = model_source("refiner", refiner)
         self.vae = vae
@@ -112,12 +116,15 @@ class Generator:
 
     # ---- models ----------------------------------------------------------------------------
     def base_pipe(self):
-        pipe = load_sdxl_pipeline(self.base_source, self.vae, self.device, self.dtype)
+        pipe = self._base_pipe or load_sdxl_pipeline(self.base_source, self.vae, self.device,
+                                                     self.dtype)
         if self._sched_config is None:
             self._sched_config = dict(pipe.scheduler.config)
         return pipe
 
     def refiner_pipe(self):
+        if self._refiner_pipe is not None:
+            return self._refiner_pipe
         return load_refiner(self.refiner_source, self.base_pipe(), self.device, self.dtype)
 
     # ---- LoRA ------------------------------------------------------------------------------

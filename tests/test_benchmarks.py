@@ -1,0 +1,19 @@
+"""The benchmark scripts run (tiny mode on CPU) and print their JSON results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_generate_tiny_runs():
+    res = subprocess.run([sys.executable, "benchmarks/bench_generate.py", "--tiny", "--repeats", "1",
+                          "--steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [r["refiner"] for r in rows] == [False, True]
+    assert all(r["s_per_image_median"] > 0 for r in rows)
