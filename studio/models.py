@@ -294,6 +294,19 @@ def _expand(source: str) -> str:
     return str(Path(source).expanduser()) if looks_like_path(source) else source
 
 
+# ---- the Hub ---------------------------------------------------------------------------------
+def hub_endpoint() -> str:
+    """The Hub URL: ``HF_ENDPOINT`` read now (a mirror or a local stand-in), else huggingface_hub's
+    default. Passed explicitly to every Hub call, so the value is the same for all of them even
+    when the variable was set after huggingface_hub was imported."""
+    env = os.environ.get("HF_ENDPOINT")
+    if env:
+        return env.rstrip("/")
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
 # ---- LoRA references -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoraRef:
