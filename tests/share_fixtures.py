@@ -42,7 +42,7 @@ def save_lora(folder: Path, seed: int) -> None:
     peft_sd = get_peft_model_state_dict(unet)
     StableDiffusionXLPipeline.save_lora_weights(
         folder, unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
-        unet_lora_adapter_metadata={"r": RANK, "lora_alpha": ALPHA})
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     kohya = {}
     for k, v in convert_state_dict_to_kohya(peft_sd).items():
         kohya["lora_unet_" + k] = v

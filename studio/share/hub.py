@@ -175,8 +175,12 @@ def _push(repo_id: str, repo_type: str, additions: list[tuple[str, Path | bytes]
         _whoami_check(api, repo_id, token)
         _report(progress, 0.2, f"creating {repo_id} ({'private' if private else 'public'})")
         existed = _exists(api, repo_id, repo_type, token)
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type,
-                              token=token)
+        if existed:  # re-push: update it (its visibility is left as it is)
+            prefix = "datasets/" if repo_type == "dataset" else ""
+            url = f"{api.endpoint}/{prefix}{repo_id}"
+        else:
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type,
+                                  token=token)
         action = "upload to"
         _report(progress, 0.3, f"uploading {len(additions)} files")
         ops: list = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src if isinstance(src, bytes)
