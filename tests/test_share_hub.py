@@ -308,12 +308,20 @@ def test_bundle_zip_and_cli(run_dir, tmp_path, home):
 
 
 # ---- load from the Hub and generate ----------------------------------------------------------
-def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir, tiny_models,
+@pytest.fixture(scope="module")
+def generator(tiny_models):
+    """One tiny-base Generator for the module (the base loads once; LoRAs switch as adapters)."""
+    from studio.generate.engine import Generator
+
+    return Generator(base=str(tiny_models["base"]), vae="base")
+
+
+def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir, generator,
                                                             monkeypatch):
     import huggingface_hub.constants as c
     import numpy as np
 
-    from studio.generate.engine import GenerationRequest, Generator
+    from studio.generate.engine import GenerationRequest
     from studio.models import ModelLoadError, resolve_lora
 
     push_run(run_dir, "alice/me-lora")  # private: the download needs the token
@@ -333,7 +341,7 @@ def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir,
     downloads2 = [r for r in hub.state.requests if r["method"] == "GET" and "/resolve/" in r["path"]]
     assert len(downloads2) == 2
 
-    gen = Generator(base=str(tiny_models["base"]), vae="base")
+    gen = generator
     req = dict(prompt=INSTANCE_PROMPT, steps=2, width=64, height=64, seed=3, guidance=5.0)
     plain = np.asarray(gen.generate(GenerationRequest(**req))[0].image, dtype=np.int16)
     res = gen.generate(GenerationRequest(**req, lora="alice/me-lora"))[0]
@@ -360,16 +368,38 @@ def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir,
         resolve_lora("alice/never-cached")
 
 
-def test_checkpoint_kohya_conversion_matches_diffusers(run_dir, tiny_models, tmp_path):
+def test_checkpoint_kohya_conversion_matches_diffusers(run_dir, generator, tmp_path):
     import numpy as np
 
-    from studio.generate.engine import GenerationRequest, Generator
+    from studio.generate.engine import GenerationRequest
     from studio.share.kohya import diffusers_to_kohya
 
     src = run_dir / "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors"
     dst = diffusers_to_kohya(src, tmp_path / "k" / "ck2_kohya.safetensors")
-    gen = Generator(base=str(tiny_models["base"]), vae="base")
+    gen = generator
     req = dict(prompt=INSTANCE_PROMPT, steps=2, width=64, height=64, seed=5)
     a = np.asarray(gen.generate(GenerationRequest(**req, lora=str(src)))[0].image, dtype=np.int16)
     b = np.asarray(gen.generate(GenerationRequest(**req, lora=str(dst)))[0].image, dtype=np.int16)
     assert np.abs(a - b).max() <= 2
+
+
+def test_share_tab_in_app_and_generate_accepts_hub_ids(workspace, run_dir):
+    """The Share tab is the last tab; its pickers list the run and its checkpoints; the Generate
+    tab's LoRA field takes custom values (Hub ids go through resolve_lora)."""
+    from studio.ui import app, generate_tab, share_tab
+    from studio.ui.context import AppContext
+
+    assert app.TAB_MODULES[-1] is share_tab
+    ctx = AppContext(workspace=workspace)
+    demo = app.build_app(ctx)
+    assert any(getattr(b, "elem_id", None) == "share-push" for b in demo.blocks.values())
+    lora = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "gen-lora")
+    assert lora.allow_custom_value
+    assert share_tab.checkpoint_choices(ctx, "me-lora") == [share_tab.FINAL, "checkpoint 4",
+                                                           "checkpoint 2"]
+    token_box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "share-token")
+    assert token_box.type == "password"
+    path, msg = share_tab.on_bundle(ctx, "me-lora", "checkpoint 2")
+    assert path and path.endswith(".zip") and msg.startswith("✅")
+    assert share_tab.on_bundle(ctx, "../etc", None)[1].startswith("⚠️")
+    assert generate_tab.NO_LORA
