@@ -99,7 +99,8 @@ def build_run(run: Path, base: str | Path) -> Path:
                                               for e in events), encoding="utf-8")
     (run / "README.md").write_text(
         "---\nbase_model: local\ntags:\n- lora\n---\n\n# me-lora\n\nTrained by the studio trainer "
-        "with trigger `TOK`.\n", encoding="utf-8")
+        "with trigger `TOK`.\n\n```python\npipe.load_lora_weights(\"THIS_REPO_OR_FOLDER\")\n```\n",
+        encoding="utf-8")
     return run
 
 

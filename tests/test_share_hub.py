@@ -99,6 +99,7 @@ def test_push_run_uploads_lora_card_samples_config_private_by_default(hub, alice
     for needle in ("load_lora_weights(\"alice/me-lora\"", "models/Lora/", "ComfyUI",
                    "Trained by the studio trainer"):  # the run's own card body is kept
         assert needle in body
+    assert "THIS_REPO_OR_FOLDER" not in body
 
 
 def test_push_public_and_repush_updates(hub, alice, run_dir):

@@ -98,7 +98,9 @@ def build_card(rf: RunFiles, repo_id: str | None, license: str | None = None) ->
             f"Trigger: `{trig}` — use the prompt `{info['instance_prompt']}`." if trig else
             f"Instance prompt: `{info['instance_prompt']}`." if info["instance_prompt"] else "",
         ]).strip()
-    elif rf.checkpoint is not None:
+    else:  # the trainer's card (studio/train/card.py) leaves the repo id as a placeholder
+        body = body.replace("THIS_REPO_OR_FOLDER", repo_id or "path/to/this/folder")
+    if rf.checkpoint is not None:
         body += f"\n\nThis repository holds the {what}, not the final LoRA of the run."
     if local_base:
         body += (f"\n\nTrained on a local copy of the base model ({local_base.rsplit('/', 1)[-1]}); "
