@@ -138,3 +138,11 @@ def test_missing_lora_file_is_clear(gen, tmp_path):
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         pixels(gen, lora=str(tmp_path / "missing.safetensors"))
+
+
+def test_generators_sharing_a_pipeline_do_not_leak_loras(gen, tiny_models, lora_files):
+    plain = pixels(gen)
+    other = Generator(base=str(tiny_models["base"]), device="cpu")
+    assert other.base_pipe() is gen.base_pipe()  # the cached pipeline is shared
+    assert not np.array_equal(pixels(other, lora=str(lora_files["diffusers"])), plain)
+    assert np.array_equal(pixels(gen), plain)

@@ -8,9 +8,11 @@ settings give the same image on any machine and at any batch size.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,11 @@ from studio.models import (
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
+
+
+# pipeline -> OrderedDict[(file, mtime) -> adapter name], least recently used first.
+_PIPE_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ADAPTER_IDS = itertools.count()
 
 
 class GenerationError(ValueError):
@@ -110,8 +117,6 @@ class Generator:
         self.vae = vae
         self.device = device or pick_device()
         self.dtype = dtype or pick_dtype(self.device)
-        self._adapters: OrderedDict[tuple, str] = OrderedDict()
-        self._active: str | None = None
         self._sched_config: dict[str, Any] | None = None
 
     # ---- models ----------------------------------------------------------------------------
@@ -129,38 +134,38 @@ class Generator:
 
     # ---- LoRA ------------------------------------------------------------------------------
     def _apply_lora(self, pipe, lora: str | None, scale: float) -> LoraRef | None:
+        # Adapters are tracked per pipeline: the cached pipeline is shared by every Generator.
+        adapters = _PIPE_ADAPTERS.setdefault(pipe, OrderedDict())
         if not lora:
-            if self._adapters:
+            if adapters:
                 pipe.disable_lora()
-            self._active = None
             return None
         ref = resolve_lora(lora)
         file = ref.path / (ref.weight_name or "")
         key = (str(file.resolve()), file.stat().st_mtime_ns if file.exists() else 0)
-        name = self._adapters.get(key)
+        name = adapters.get(key)
         if name is None:
-            name = f"lora_{len(self._adapters)}_{int(time.time() * 1000) % 10**8}"
+            name = f"lora_{next(_ADAPTER_IDS)}"
             try:
                 pipe.load_lora_weights(str(ref.path), weight_name=ref.weight_name,
                                        adapter_name=name)
             except Exception as exc:
-                raise ModelLoadError(
-                    f"The LoRA {ref.label} could not be loaded into this base model "
-                    f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); "
-                    "check that it is an SDXL LoRA.") from exc
-            self._adapters[key] = name
-            while len(self._adapters) > self.MAX_ADAPTERS:
-                _, old = self._adapters.popitem(last=False)
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else \
+                    type(exc).__name__
+                raise ModelLoadError(f"The LoRA {ref.label} could not be loaded into this base "
+                                     f"model ({first}); check that it is an SDXL LoRA.") from exc
+            adapters[key] = name
+            while len(adapters) > self.MAX_ADAPTERS:
+                _, old = adapters.popitem(last=False)
                 pipe.delete_adapters(old)
         else:
-            self._adapters.move_to_end(key)
+            adapters.move_to_end(key)
         pipe.enable_lora()
         pipe.set_adapters([name], adapter_weights=[float(scale)])
-        self._active = name
         return ref
 
     def loaded_adapters(self) -> list[str]:
-        return list(self._adapters.values())
+        return list(_PIPE_ADAPTERS.get(self.base_pipe(), {}).values())
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, req: GenerationRequest, progress: ProgressFn | None = None
