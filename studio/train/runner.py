@@ -274,47 +274,24 @@ ConfigResolver = Callable[..., str]
 
 
 def resolve_train_config(dataset: Path, preset: str | None, overrides: Sequence[str],
-                         base: str | None = None) -> str:
-    """The full training config as YAML, from the trainer's ``studio.config.load_config``."""
+                         base: str | None = None, run_dir: Path | None = None) -> str:
+    """The full training config as YAML, from the trainer's ``studio.config.load_config``:
+    preset <- the app's base model <- the user's overrides <- the dataset and run folder."""
     try:
         from studio.config import load_config
     except ImportError as exc:
         raise JobError("The trainer (studio.config) is not installed in this build, so no "
                        "training can be started.") from exc
-    import yaml
-
-    ovr = list(overrides)
+    ovr = [f"model.base={base}"] if base else []
+    ovr += [o for o in overrides if o.strip()]
+    ovr.append(f"data.dataset={dataset}")
+    if run_dir is not None:
+        ovr.append(f"output_dir={run_dir}")
     try:
-        cfg = load_config(preset=preset, config_path=None, overrides=ovr)
-    except (ValueError, OSError) as exc:
+        cfg = load_config(preset=preset or None, config_path=None, overrides=ovr)
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError: one line naming the key
         raise JobError(str(exc).strip().splitlines()[0]) from exc
-    data = cfg.model_dump(mode="json")
-    _apply_run_fields(data, dataset, base)
-    try:  # validate again after filling in the dataset/base
-        cfg = type(cfg).model_validate(data)
-    except ValueError as exc:
-        raise JobError(str(exc).strip().splitlines()[0]) from exc
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def _apply_run_fields(data: dict, dataset: Path, base: str | None) -> None:
-    """Fill the dataset folder and base model into a config dict wherever the schema has them."""
-    def set_if(section: dict, keys: tuple[str, ...], value: Any) -> bool:
-        for k in keys:
-            if k in section:
-                section[k] = value
-                return True
-        return False
-
-    for sect in (data, data.get("dataset") or {}, data.get("data") or {}):
-        if isinstance(sect, dict) and set_if(sect, ("dataset_dir", "path", "dataset_path",
-                                                    "instance_data_dir"), str(dataset)):
-            break
-    if base:
-        for sect in (data, data.get("model") or {}):
-            if isinstance(sect, dict) and set_if(sect, ("base_model", "base",
-                                                        "pretrained_model_name_or_path"), base):
-                break
+    return cfg.to_yaml()
 
 
 # ---- the runner --------------------------------------------------------------------------------
@@ -407,11 +384,12 @@ class Runner:
                 self.new_run_name(dataset, preset)
         except WorkspaceError as exc:
             raise JobError(str(exc)) from exc
-        run_dir = self.ws.run_path(name)
+        run_dir = self.ws.run_path(name).resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
             raise JobError(f"A run named {name!r} already exists; pick another name.")
         text = config_text if config_text is not None else \
-            self.config_resolver(dataset, preset, list(overrides), base=self.base)
+            self.config_resolver(dataset, preset, list(overrides), base=self.base,
+                                 run_dir=run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path = run_dir / "config.yaml"
         atomic_write_text(config_path, text)
