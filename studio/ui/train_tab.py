@@ -64,7 +64,8 @@ def config_fields(model_cls) -> list[tuple[str, list[tuple[str, Any]]]]:
 
 
 def _kind(ann: Any) -> tuple[str, Any]:
-    """Widget kind for a field annotation: bool | int | float | choice | list | text."""
+    """Widget kind for a field annotation: bool | int | float | choice | list | text |
+    text_opt (optional: empty means None; numbers are parsed)."""
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     optional = type(None) in typing.get_args(ann)
     if ann is bool:
@@ -78,7 +79,7 @@ def _kind(ann: Any) -> tuple[str, Any]:
     if typing.get_origin(ann) is list or (optional and args and typing.get_origin(args[0])
                                          is list):
         return "list", None
-    return "text", optional
+    return ("text_opt" if optional else "text"), None
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -113,6 +114,8 @@ def parse_widget(kind: str, raw: Any) -> Any:
     if kind == "list":
         return [ln.strip() for ln in str(raw or "").splitlines() if ln.strip()]
     text = str(raw or "").strip()
+    if kind == "text":
+        return text
     if not text:
         return None
     try:
@@ -578,7 +581,7 @@ def _make_widget(key: str, kind: str, extra: Any, info: Any, value: Any):
         return gr.Textbox(value=widget_value(kind, value), label=label, lines=2,
                           info=(help_text or "") + " One per line.", elem_id=eid)
     return gr.Textbox(value=widget_value(kind, value), label=label, info=help_text, elem_id=eid,
-                      placeholder="(empty)" if extra else None)
+                      placeholder="(empty)" if kind == "text_opt" else None)
 
 
 # ---- cross-tab wiring ---------------------------------------------------------------------------
