@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=2, max_size=64)
     log.info("workspace: %s", ctx.workspace.home)
     demo.launch(server_name=args.host, server_port=args.port, show_error=not ctx.remote,
-                allowed_paths=[str(ctx.workspace.gallery_dir), str(ctx.workspace.exports_dir)],
+                allowed_paths=[str(ctx.workspace.gallery_dir), str(ctx.workspace.exports_dir),
+                               str(ctx.workspace.runs_dir)],
                 max_file_size="50mb")
     return 0
 

@@ -1,0 +1,1 @@
+"""SDXL DreamBooth LoRA training: config -> loop -> run folder (no Gradio import here)."""

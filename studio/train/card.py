@@ -1,0 +1,78 @@
+"""``RUN/README.md``: a Hugging Face Hub model card following the Hub's LoRA conventions
+(YAML front matter with base_model, instance_prompt, tags, license, widget), then the trigger,
+the training settings and how to use the LoRA with diffusers, A1111 and ComfyUI. No secrets:
+only the config, the manifest and sample paths relative to the run folder go in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from studio.fsutil import atomic_write_text
+
+TAGS = ["text-to-image", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl"]
+
+
+def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    base = manifest.get("base_model") or "stabilityai/stable-diffusion-xl-base-1.0"
+    prompt = manifest.get("instance_prompt") or ""
+    trigger = manifest.get("trigger")
+    front: dict[str, Any] = {
+        "base_model": base,
+        "instance_prompt": prompt,
+        "tags": list(TAGS),
+        "license": "openrail++",
+        "library_name": "diffusers",
+    }
+    if samples:
+        front["widget"] = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in samples]
+    t, lc = cfg.train, cfg.lora
+    prior = f"yes (weight {cfg.data.prior_loss_weight:g})" if cfg.data.with_prior_preservation else "no"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+             f"# SDXL LoRA: {manifest.get('dataset', {}).get('name') or 'personal LoRA'}", "",
+             f"A LoRA for [{base}](https://huggingface.co/{base}) trained with SDXL LoRA Studio "
+             "(DreamBooth LoRA).", "", "## Trigger words", ""]
+    if trigger:
+        lines.append(f"Use `{trigger}` in the prompt, e.g. `{prompt}`.")
+    else:
+        lines.append(f"Prompt with: `{prompt}`.")
+    lines += ["", "## Training settings", "",
+              "| setting | value |", "|---|---|",
+              f"| steps | {manifest.get('steps')} |",
+              f"| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup {t.lr_warmup_steps}) |",
+              f"| optimizer | {t.optimizer} |",
+              f"| LoRA rank / alpha | {lc.rank} / {lc.lora_alpha:g} |",
+              f"| text encoder LoRA | {'yes' if lc.train_text_encoder else 'no'} |",
+              f"| resolution | {cfg.data.resolution} |",
+              f"| batch size x accumulation | {t.batch_size} x {t.gradient_accumulation_steps} |",
+              f"| prior preservation | {prior} |",
+              f"| SNR gamma | {t.snr_gamma if t.snr_gamma is not None else 'off'} |",
+              f"| mixed precision | {t.mixed_precision} |",
+              f"| seed | {t.seed} |",
+              f"| dataset images | {manifest.get('dataset', {}).get('images')} |",
+              f"| wall time | {manifest.get('wall_time_s')} s |", ""]
+    if samples:
+        lines += ["## Samples", ""]
+        lines += [f"![{s['prompt']}]({s['path']})" for s in samples]
+        lines.append("")
+    lines += ["## Use with diffusers", "", "```python", "import torch",
+              "from diffusers import StableDiffusionXLPipeline", "",
+              f'pipe = StableDiffusionXLPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+              'pipe.load_lora_weights("THIS_REPO_OR_FOLDER", weight_name="pytorch_lora_weights.safetensors")',
+              f'image = pipe("{prompt}", num_inference_steps=30).images[0]', "```", "",
+              "## Use with AUTOMATIC1111 / ComfyUI", "",
+              "Download `lora_kohya.safetensors` and put it in `models/Lora` (A1111) or "
+              "`models/loras` (ComfyUI). In A1111 add `<lora:lora_kohya:1>` to the prompt; in ComfyUI "
+              "use a *LoraLoader* node after the SDXL checkpoint loader. The file stores "
+              f"alpha = {lc.lora_alpha:g} so its strength matches the diffusers file.", "",
+              "## License", "",
+              "The LoRA inherits the CreativeML Open RAIL++-M license of SDXL (openrail++). Only train "
+              "on photos you have the right to use, and do not use it to impersonate people.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: Path, cfg, manifest: dict[str, Any],
+                     samples: list[dict[str, Any]]) -> Path:
+    return atomic_write_text(Path(run_dir) / "README.md", render_model_card(cfg, manifest, samples))

@@ -1,0 +1,329 @@
+"""Training data: dataset loading (per the dataset contract), transforms, class images.
+
+Accepted datasets:
+
+- a prepared ``DATASET/`` (``images/`` + ``images/metadata.jsonl`` + ``dataset.json`` with the
+  trigger and class word),
+- any imagefolder: a folder with ``metadata.jsonl`` (``file_name`` + caption column),
+- a folder of images with same-name ``.txt`` captions (captions optional),
+- a Hub dataset id (``datasets.load_dataset(id, split="train")`` with image/caption columns).
+
+Transforms follow diffusers' SDXL DreamBooth script: resize the short side to the resolution,
+optional horizontal flip, center or random crop; the original size and the crop's top-left corner
+are recorded for SDXL's ``add_time_ids``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+class DatasetError(ValueError):
+    """A dataset problem meant for the user (one sentence)."""
+
+
+@dataclass
+class Example:
+    """One training image: a path or an in-memory image, and its caption (may be None)."""
+
+    source: Any
+    caption: str | None
+
+    def load(self):
+        from PIL import Image, ImageOps
+
+        try:
+            img = self.source if not isinstance(self.source, (str, Path)) else Image.open(self.source)
+            img = ImageOps.exif_transpose(img)
+            return img.convert("RGB")
+        except Exception as exc:
+            raise DatasetError(f"Cannot read the image {self.source}: {exc}.") from None
+
+
+@dataclass
+class LoadedDataset:
+    examples: list[Example]
+    trigger: str | None = None
+    class_word: str | None = None
+    hash: str | None = None
+    name: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_metadata(folder: Path, caption_column: str | None) -> list[Example]:
+    out = []
+    meta = folder / "metadata.jsonl"
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DatasetError(f"{meta} line {n} is not valid JSON.") from None
+        name = row.get("file_name")
+        if not isinstance(name, str):
+            raise DatasetError(f"{meta} line {n} has no file_name.")
+        path = (folder / name).resolve()
+        if folder.resolve() not in path.parents:
+            raise DatasetError(f"{meta} line {n}: file_name {name!r} points outside the dataset.")
+        if not path.is_file():
+            raise DatasetError(f"{meta} line {n}: the image {name} does not exist.")
+        cap = row.get(caption_column) if caption_column else None
+        out.append(Example(path, str(cap) if cap not in (None, "") else None))
+    return out
+
+
+def _read_caption_folder(folder: Path) -> list[Example]:
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            txt = p.with_suffix(".txt")
+            cap = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
+            out.append(Example(p, cap or None))
+    return out
+
+
+def content_hash(examples: list[Example]) -> str:
+    """sha256 over image bytes and captions (for datasets without dataset.json)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        if isinstance(ex.source, (str, Path)):
+            h.update(Path(ex.source).read_bytes())
+        else:
+            h.update(ex.source.tobytes())
+        h.update((ex.caption or "").encode())
+    return h.hexdigest()
+
+
+def load_dataset(spec: str, image_column: str = "image", caption_column: str | None = "text"
+                 ) -> LoadedDataset:
+    """Load the dataset named by ``spec`` (see the module docs)."""
+    if not spec:
+        raise DatasetError("No dataset was given; pass --dataset DATASET_DIR.")
+    from studio.models import looks_like_path
+
+    root = Path(spec).expanduser()
+    if root.exists() or looks_like_path(spec):
+        if not root.is_dir():
+            raise DatasetError(f"The dataset folder {spec} does not exist.")
+        info: dict[str, Any] = {}
+        if (root / "dataset.json").is_file():
+            try:
+                info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                raise DatasetError(f"{root / 'dataset.json'} is not valid JSON.") from None
+        folder = root / "images" if (root / "images").is_dir() else root
+        if (folder / "metadata.jsonl").is_file():
+            examples = _read_metadata(folder, caption_column)
+        else:
+            examples = _read_caption_folder(folder)
+        if not examples:
+            raise DatasetError(f"The dataset {spec} holds no images (expected images/ with "
+                               "metadata.jsonl, an imagefolder, or images with .txt captions).")
+        return LoadedDataset(examples, trigger=info.get("trigger"), class_word=info.get("class_word"),
+                             hash=info.get("hash") or content_hash(examples),
+                             name=info.get("name") or root.name, info=info)
+    return _load_hub(spec, image_column, caption_column)
+
+
+def _load_hub(spec: str, image_column: str, caption_column: str | None) -> LoadedDataset:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a requirement
+        raise DatasetError("Loading a Hub dataset needs the 'datasets' package.") from None
+    try:
+        ds = datasets.load_dataset(spec, split="train")
+    except Exception as exc:
+        raise DatasetError(f"Could not load the Hub dataset {spec} (no network, not cached or not "
+                           f"found: {str(exc).splitlines()[0][:150]}).") from None
+    cols = ds.column_names
+    if image_column not in cols:
+        raise DatasetError(f"data.image_column: the dataset {spec} has no column {image_column!r} "
+                           f"(columns: {', '.join(cols)}).")
+    if caption_column and caption_column not in cols:
+        raise DatasetError(f"data.caption_column: the dataset {spec} has no column "
+                           f"{caption_column!r} (columns: {', '.join(cols)}).")
+    examples = [Example(row[image_column], (row[caption_column] or None) if caption_column else None)
+                for row in ds]
+    fp = getattr(ds, "_fingerprint", None) or content_hash(examples)
+    return LoadedDataset(examples, hash=str(fp), name=spec)
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+def instance_prompt(cfg: TrainConfig, ds: LoadedDataset) -> str | None:
+    """The instance prompt: configured, else 'a photo of TRIGGER CLASS' from dataset.json."""
+    if cfg.data.instance_prompt:
+        return cfg.data.instance_prompt
+    if ds.trigger:
+        return f"a photo of {ds.trigger} {ds.class_word or ''}".strip()
+    return None
+
+
+def class_prompt(cfg: TrainConfig, ds: LoadedDataset) -> str:
+    if cfg.data.class_prompt:
+        return cfg.data.class_prompt
+    if ds.class_word:
+        return f"a photo of {ds.class_word}"
+    raise DatasetError("data.class_prompt: prior preservation needs a class prompt (e.g. 'a photo "
+                       "of person') and the dataset has no class word.")
+
+
+def example_prompts(cfg: TrainConfig, ds: LoadedDataset) -> list[str]:
+    """The prompt of each example: its caption (when used) or the instance prompt."""
+    inst = instance_prompt(cfg, ds)
+    out = []
+    for ex in ds.examples:
+        p = ex.caption if (cfg.data.use_captions and ex.caption) else inst
+        if not p:
+            raise DatasetError("data.instance_prompt: the images have no captions and no instance "
+                               "prompt or dataset trigger is known; set data.instance_prompt.")
+        out.append(p)
+    return out
+
+
+# ---- transforms ------------------------------------------------------------------------------
+def transform(img, resolution: int, crop: str, flip: bool, rng: random.Random):
+    """Resize/flip/crop; returns (tensor in [-1, 1] CxHxW, original_size (h, w), crop_top_left)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    original_size = (img.height, img.width)
+    scale = resolution / min(img.width, img.height)
+    w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
+    img = img.resize((w, h), Image.BILINEAR)
+    if flip and rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    if crop == "center":
+        y1 = max(0, int(round((h - resolution) / 2.0)))
+        x1 = max(0, int(round((w - resolution) / 2.0)))
+    else:
+        y1 = rng.randint(0, h - resolution)
+        x1 = rng.randint(0, w - resolution)
+    img = img.crop((x1, y1, x1 + resolution, y1 + resolution))
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), original_size, (y1, x1)
+
+
+class TrainDataset:
+    """Map-style dataset over (epoch, index) keys so augmentation is reproducible on resume.
+
+    Each item: pixel_values, original_size, crop_top_left, prompt, index (instance image index);
+    with prior preservation also the class_* counterparts (class image ``index % n_class``).
+    """
+
+    def __init__(self, examples: list[Example], prompts: list[str], resolution: int, crop: str,
+                 flip: bool, repeats: int, seed: int, class_examples: list[Example] | None = None,
+                 class_prompt_text: str | None = None):
+        self.examples, self.prompts = examples, prompts
+        self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
+        self.repeats = repeats
+        self.class_examples = class_examples or []
+        self.class_prompt = class_prompt_text
+
+    def __len__(self) -> int:
+        return len(self.examples) * self.repeats
+
+    def item(self, i: int, epoch: int = 0) -> dict[str, Any]:
+        idx = i % len(self.examples)
+        rng = random.Random(hash((self.seed, epoch, i)) & 0xFFFFFFFF)
+        px, osz, ctl = transform(self.examples[idx].load(), self.resolution, self.crop, self.flip, rng)
+        out = {"pixel_values": px, "original_size": osz, "crop_top_left": ctl,
+               "prompt": self.prompts[idx], "index": idx}
+        if self.class_examples:
+            cidx = i % len(self.class_examples)
+            cpx, cosz, cctl = transform(self.class_examples[cidx].load(), self.resolution, "center",
+                                        False, rng)
+            out.update({"class_pixel_values": cpx, "class_original_size": cosz,
+                        "class_crop_top_left": cctl, "class_prompt": self.class_prompt,
+                        "class_index": cidx})
+        return out
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, (tuple, list)) else (0, key)
+        return self.item(int(i), int(epoch))
+
+
+class EpochSampler:
+    """Yields (epoch, index) keys in a seeded order that depends only on (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = list(range(self.n))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return iter([(self.epoch, i) for i in order])
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items; with prior preservation the class halves follow the instance halves."""
+    import torch
+
+    px = [it["pixel_values"] for it in items]
+    osz = [it["original_size"] for it in items]
+    ctl = [it["crop_top_left"] for it in items]
+    prompts = [it["prompt"] for it in items]
+    idx = [("instance", it["index"]) for it in items]
+    if "class_pixel_values" in items[0]:
+        px += [it["class_pixel_values"] for it in items]
+        osz += [it["class_original_size"] for it in items]
+        ctl += [it["class_crop_top_left"] for it in items]
+        prompts += [it["class_prompt"] for it in items]
+        idx += [("class", it["class_index"]) for it in items]
+    return {"pixel_values": torch.stack(px), "original_sizes": osz, "crop_top_lefts": ctl,
+            "prompts": prompts, "keys": idx}
+
+
+# ---- class images ----------------------------------------------------------------------------
+def class_images(folder: Path) -> list[Example]:
+    if not folder.is_dir():
+        return []
+    return [Example(p, None) for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+
+
+def ensure_class_images(folder: Path, wanted: int, prompt: str, make_pipeline, resolution: int,
+                        steps: int, seed: int, device: str, log_fn=None) -> list[Example]:
+    """Generate the missing class images with the base model (``make_pipeline()``) into ``folder``."""
+    have = class_images(folder)
+    missing = wanted - len(have)
+    if missing <= 0:
+        return have[:wanted]
+    import torch
+
+    from studio.fsutil import atomic_write
+
+    if log_fn:
+        log_fn(f"Generating {missing} class images ('{prompt}') with the base model.")
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = make_pipeline()
+    for k in range(missing):
+        n = len(have) + k
+        g = torch.Generator(device="cpu").manual_seed(seed + n)
+        with torch.no_grad():
+            img = pipe(prompt=prompt, num_inference_steps=steps, height=resolution, width=resolution,
+                       generator=g).images[0]
+        name = f"class-{n:05d}.png"
+        atomic_write(folder / name, lambda p, im=img: im.save(p, format="PNG"))
+    del pipe
+    return class_images(folder)[:wanted]
