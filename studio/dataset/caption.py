@@ -105,8 +105,7 @@ def add_prefix(captions: Sequence[str], prefix: str) -> list[str]:
     p = (prefix or "").strip()
     if not p:
         return list(captions)
-    sep = "" if p.endswith((",", " ")) else " "
-    return [c if c.startswith(p) else f"{p}{sep}{c}".strip() for c in captions]
+    return [c if c.startswith(p) else f"{p} {c}".strip() for c in captions]
 
 
 def add_suffix(captions: Sequence[str], suffix: str) -> list[str]:
