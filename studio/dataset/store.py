@@ -188,6 +188,30 @@ def save_captions(folder: str | Path, captions: dict[str, str], drop: Iterable[s
     return out
 
 
+def publish(src: str | Path, dest: str | Path, name: str | None = None, overwrite: bool = False,
+            workspace=None) -> DatasetInfo:
+    """Move a complete dataset folder (e.g. a staged one) to ``dest`` in one rename."""
+    src, dest = Path(src).resolve(), Path(dest).expanduser().resolve()
+    ds = open_dataset(src)
+    if dest.exists() and (not overwrite or not is_dataset(dest)):
+        raise DatasetError(f"A dataset named {dest.name!r} already exists; choose another name.")
+    info = dict(ds.info)
+    info.update({"name": name or dest.name, "updated": time.time()})
+    atomic_write_json(src / INFO, info)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _swap_in(src, dest)
+    except OSError:  # another file system: copy next to the target, then rename
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(src, tmp)
+        _swap_in(tmp, dest)
+        shutil.rmtree(src, ignore_errors=True)
+    out = open_dataset(dest)
+    if workspace is not None:
+        register(workspace, out)
+    return out
+
+
 def list_datasets(workspace) -> list[dict[str, Any]]:
     """Registered datasets plus dataset folders found in the workspace, newest first."""
     found = {str(Path(d["path"]).resolve()): d for d in workspace.list_datasets()
