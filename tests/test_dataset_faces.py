@@ -96,7 +96,7 @@ def test_exif_orientation_6_lossless_gives_identical_crop(haar, tmp_path):
     assert np.array_equal(crops[0], crops[1])
 
 
-@pytest.mark.parametrize("tilt", [-10, 8])
+@pytest.mark.parametrize("tilt", [-25, -10, 8, 25])
 def test_tilted_head_is_levelled_on_the_eyes(haar, tilt):
     a = dp.astronaut().resize((1024, 1024), Image.Resampling.LANCZOS)
     tilted = a.rotate(tilt, resample=Image.Resampling.BICUBIC, center=(446, 226))
@@ -186,3 +186,18 @@ def test_retinaface_without_network_does_not_download(tmp_path, monkeypatch):
     monkeypatch.setattr(F.urllib.request, "urlopen", no_download)
     with pytest.raises(F.FaceDetectorError, match="cannot be reached"):
         F.ensure_retinaface_weights()
+
+
+def test_face_in_a_large_photo_with_texture_is_found_once(haar):
+    # A 12 MP photo: the astronaut, tilted, pasted into a larger scene with no other face.
+    scene = dp.no_face_photo((4000, 3000))
+    scene.paste(dp.astronaut().resize((1400, 1400)).rotate(-14, resample=Image.Resampling.BICUBIC),
+                (2200, 900))
+    t0 = time.perf_counter()
+    found = haar.detect(np.asarray(scene))
+    assert time.perf_counter() - t0 < 20
+    assert len(found) == 1
+    cx, cy = found[0].center
+    assert 2700 < cx < 3100 and 1000 < cy < 1400, (cx, cy)
+    res = F.crop_face(scene, found)
+    assert math.degrees(res.window.angle) == pytest.approx(14 + 3, abs=4)

@@ -162,3 +162,15 @@ def test_whole_mixed_batch_reasons(tmp_path):
     for name, keyword in expect.items():
         assert keyword in got[name], (name, got[name])
     assert all(Path(n).suffix for n in got)
+
+
+@pytest.mark.parametrize("fmt,name", [("HEIF", "iphone.heic"), ("AVIF", "photo.avif"),
+                                      ("WEBP", "photo.webp")])
+def test_heic_avif_webp_are_accepted(fmt, name):
+    from studio.dataset.ingest import _register_heif
+
+    _register_heif()
+    a = dp.astronaut()
+    img = decode_image(name, _bytes(a, fmt, quality=90))
+    assert img.source_format == fmt and img.image.mode == "RGB" and img.image.size == a.size
+    assert np.abs(np.asarray(img.image, int) - np.asarray(a, int)).mean() < 8

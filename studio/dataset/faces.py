@@ -124,30 +124,72 @@ class HaarDetector:
         self.detect_side = detect_side
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces, largest first. Frontal cascades miss heads tilted by more than ~10 degrees, so
+        when no face with two eyes is found the photo is searched again turned by +-18 degrees.
+        Detections without two eyes are dropped when any face with eyes is found (Haar's false
+        positives are mostly patches of texture; a second person in sunglasses is not counted),
+        and otherwise kept only when at least 0.6 times the largest."""
+        grey = self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
+        faces = self._pass(grey, 0.0)
+        if not any(f.left_eye for f in faces):
+            turned: list[Face] = []
+            for angle in (18.0, -18.0):
+                for f in self._pass(grey, angle):
+                    if f.left_eye is not None and not any(_inside(f.center, t.box) for t in turned):
+                        turned.append(f)
+            if turned:
+                faces = turned + [f for f in faces
+                                  if not any(_inside(f.center, t.box) for t in turned)]
+        faces.sort(key=lambda f: f.size, reverse=True)
+        with_eyes = [f for f in faces if f.left_eye is not None]
+        if with_eyes:
+            faces = with_eyes
+        elif faces:
+            faces = [f for f in faces if f.size >= 0.6 * faces[0].size]
+        return faces
+
+    def _pass(self, grey_full: np.ndarray, angle: float) -> list[Face]:
+        """One detection pass on the photo turned by ``angle`` degrees; source coordinates."""
         cv2 = self._cv2
-        grey_full = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        h, w = grey_full.shape
+        inv = None
+        img = grey_full
+        if angle:
+            h, w = grey_full.shape
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+            c, s = abs(m[0, 0]), abs(m[0, 1])
+            nw, nh = int(w * c + h * s), int(w * s + h * c)
+            m[0, 2] += nw / 2 - w / 2
+            m[1, 2] += nh / 2 - h / 2
+            img = cv2.warpAffine(grey_full, m, (nw, nh), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+            inv = cv2.invertAffineTransform(m)
+        h, w = img.shape
         scale = min(1.0, self.detect_side / max(h, w))
-        grey = cv2.resize(grey_full, (round(w * scale), round(h * scale)),
-                          interpolation=cv2.INTER_AREA) if scale < 1 else grey_full
-        grey = cv2.equalizeHist(grey)
-        min_px = max(24, int(0.04 * min(grey.shape)))
-        rects, counts = self.face.detectMultiScale2(grey, scaleFactor=1.1, minNeighbors=6,
+        small = cv2.resize(img, (round(w * scale), round(h * scale)),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else img
+        small = cv2.equalizeHist(small)
+        min_px = max(24, int(0.04 * min(small.shape)))
+        rects, counts = self.face.detectMultiScale2(small, scaleFactor=1.1, minNeighbors=6,
                                                     minSize=(min_px, min_px))
+
+        def back(pt):
+            if inv is None:
+                return (float(pt[0]), float(pt[1]))
+            v = inv @ np.array([pt[0], pt[1], 1.0])
+            return (float(v[0]), float(v[1]))
+
         faces = []
         for (x, y, fw, fh), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(counts).ravel(),
                                      strict=False):
             box = (x / scale, y / scale, (x + fw) / scale, (y + fh) / scale)
-            face = Face(box=box, score=float(n))
-            face.left_eye, face.right_eye = self._eyes(grey_full, box) or (None, None)
+            eyes = self._eyes(img, box)
+            cx, cy = back(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+            half = (box[2] - box[0]) / 2
+            face = Face(box=(cx - half, cy - half, cx + half, cy + half), score=float(n))
+            if eyes:
+                a, b = sorted([back(eyes[0]), back(eyes[1])])
+                face.left_eye, face.right_eye = a, b
             faces.append(face)
-        faces.sort(key=lambda f: f.size, reverse=True)
-        if faces:
-            # Haar's false positives are mostly small patches of texture: keep a second face only
-            # when it is comparable in size, and when smaller, only with two eyes found in it.
-            top = faces[0].size
-            faces = [faces[0]] + [f for f in faces[1:] if f.size >= 0.6 * top or
-                                  (f.size >= 0.3 * top and f.left_eye is not None)]
         return faces
 
     def _eyes(self, grey: np.ndarray, box) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -180,6 +222,10 @@ class HaarDetector:
                 if cost < best_cost:
                     best, best_cost = (left, right), cost
         return best
+
+
+def _inside(pt: tuple[float, float], box: tuple[float, float, float, float]) -> bool:
+    return box[0] <= pt[0] <= box[2] and box[1] <= pt[1] <= box[3]
 
 
 # ---- RetinaFace (facexlib) ------------------------------------------------------------------
@@ -456,7 +502,9 @@ def crop_face(rgb: Image.Image, faces: list[Face], framing: str = DEFAULT_FRAMIN
     if framing not in FRAMING_CHOICES:
         raise DatasetError(f"Unknown framing {framing!r}; use one of {', '.join(FRAMING_CHOICES)}.")
     warnings: list[str] = []
-    face = max(faces, key=lambda f: f.size) if faces else None
+    # The largest face; among Haar detections, one whose eyes were found is more credible.
+    credible = [f for f in faces if f.left_eye is not None] or faces
+    face = max(credible, key=lambda f: f.size) if credible else None
     if len(faces) > 1:
         warnings.append(f"{len(faces)} faces found; the largest was used. Use photos with only "
                         "you in them, or crop the others out.")

@@ -61,30 +61,27 @@ def table_value(ds: store.DatasetInfo) -> list[list[Any]]:
     return [[e["file_name"], sources.get(e["file_name"], ""), e["text"], "yes"] for e in ds.entries]
 
 
-def report_markdown(ds: store.DatasetInfo, notices: list[str] | None = None,
-                    outcomes: list | None = None) -> str:
+def report_markdown(ds: store.DatasetInfo, notices: list[str] | None = None) -> str:
     rep = ds.report or {}
-    lines = [f"### {ds.name}: {ds.info.get('count', len(ds.entries))} image(s), trigger "
-             f"`{ds.info.get('trigger')}`, class `{ds.info.get('class_word')}`, framing "
-             f"{ds.info.get('framing')}, detector {ds.info.get('detector')}"]
-    for n in notices or rep.get("notices", []):
-        lines.append(f"> ⚠️ {n}")
+    title = "Processed photos" if ds.name == "staging" else ds.name
+    blocks = [f"### {title}: {ds.info.get('count', len(ds.entries))} image(s), trigger "
+              f"`{ds.info.get('trigger')}`, class `{ds.info.get('class_word')}`, framing "
+              f"{ds.info.get('framing')}, detector {ds.info.get('detector')}"]
+    blocks += [f"> ⚠️ {n}" for n in (notices if notices is not None else rep.get("notices", []))]
     set_warn = (rep.get("set") or {}).get("warnings", [])
     if set_warn:
-        lines.append("**Set**")
-        lines += [f"- ⚠️ {w}" for w in set_warn]
+        blocks.append("**Set**\n\n" + "\n".join(f"- ⚠️ {w}" for w in set_warn))
     img_lines = [f"- **{im['file']}** ({im.get('source', '')}): {w}"
                  for im in rep.get("images", []) for w in im.get("warnings", [])]
     if img_lines:
-        lines.append("**Images**")
-        lines += img_lines
+        blocks.append("**Images**\n\n" + "\n".join(img_lines))
     rejected = rep.get("rejected", [])
     if rejected:
-        lines.append("**Not used**")
-        lines += [f"- ❌ {r['file']}: {r['reason']}" for r in rejected]
+        blocks.append("**Not used**\n\n" + "\n".join(f"- ❌ {r['file']}: {r['reason']}"
+                                                      for r in rejected))
     if not set_warn and not img_lines and not rejected:
-        lines.append("✅ No problems found.")
-    return "\n".join(lines)
+        blocks.append("✅ No problems found.")
+    return "\n\n".join(blocks)
 
 
 def _rows(table: Any) -> list[list[Any]]:
