@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import generate_tab, share_tab, train_tab
+from studio.ui import dataset_tab, generate_tab, share_tab, train_tab
 from studio.ui.context import AppContext
 
 TITLE = "SDXL LoRA Studio"
 
 # Tabs in product order; modules providing ``build(ctx)`` appended as capabilities land.
-TAB_MODULES = [train_tab, generate_tab, share_tab]
+TAB_MODULES = [dataset_tab, train_tab, generate_tab, share_tab]
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:

@@ -1,0 +1,183 @@
+"""photos -> dataset: ingest, detect + align + crop, caption, quality report, store.
+
+:func:`prepare_dataset` is what both ``python -m studio prepare`` and the Dataset tab call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.dataset import DatasetError
+from studio.dataset.caption import (
+    DEFAULT_CLASS_WORD,
+    DEFAULT_TEMPLATE,
+    DEFAULT_TRIGGER,
+    Captioner,
+    lint_captions,
+    render,
+    trigger_warnings,
+)
+from studio.dataset.faces import DEFAULT_FRAMING, FRAMING_CHOICES, FaceDetector, crop_face, get_detector
+from studio.dataset.ingest import MIN_SIDE, InputItem, ingest
+from studio.dataset.quality import ImageFacts, image_report, set_report
+from studio.dataset.store import DatasetInfo, Entry, write_dataset
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+NO_FACE_CHOICES = ["keep", "drop"]
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input file."""
+
+    file: str
+    status: str  # "accepted", "rejected" or "dropped"
+    reason: str = ""
+    output: str | None = None
+    caption: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        if self.status == "accepted":
+            extra = f" ({'; '.join(self.warnings)})" if self.warnings else ""
+            return f"ok       {self.file} -> {self.output}{extra}"
+        return f"{self.status:<8} {self.file}: {self.reason}"
+
+
+@dataclass
+class PrepareResult:
+    outcomes: list[FileOutcome]
+    notices: list[str]
+    report: dict[str, Any]
+    dataset: DatasetInfo | None
+
+    @property
+    def count(self) -> int:
+        return sum(1 for o in self.outcomes if o.status == "accepted")
+
+
+def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: str = DEFAULT_TRIGGER,
+                    class_word: str = DEFAULT_CLASS_WORD, framing: str = DEFAULT_FRAMING,
+                    detector: str | FaceDetector = "auto",
+                    captioner: str | Captioner | None = None, progress: Progress | None = None,
+                    template: str = DEFAULT_TEMPLATE, no_face: str = "keep",
+                    min_side: int = MIN_SIDE, name: str | None = None, overwrite: bool = False,
+                    workspace=None) -> PrepareResult:
+    """Turn photos into a dataset folder at ``out_dir``; never stops on one bad file.
+
+    ``detector`` is "auto" | "retinaface" | "haar" or a :class:`FaceDetector`; ``captioner`` a
+    Hub id/folder (default: STUDIO_CAPTION_MODEL) or a :class:`Captioner`. ``no_face`` decides
+    whether photos without a face are kept (square of the whole photo) or dropped. Raises
+    :class:`DatasetError` only when nothing usable remains or the settings are invalid.
+    """
+    def say(frac: float, msg: str) -> None:
+        if progress:
+            progress(min(max(frac, 0.0), 1.0), msg)
+
+    trigger, class_word = (trigger or "").strip(), (class_word or "").strip()
+    if not trigger:
+        raise DatasetError("The trigger is empty; use a rare token such as ohwx, sks or TOK.")
+    if framing not in FRAMING_CHOICES:
+        raise DatasetError(f"Unknown framing {framing!r}; use one of {', '.join(FRAMING_CHOICES)}.")
+    if no_face not in NO_FACE_CHOICES:
+        raise DatasetError(f"Unknown no-face choice {no_face!r}; use keep or drop.")
+    render(template, trigger, class_word, "x")  # validates the template before any work
+    notices = trigger_warnings(trigger, class_word)
+
+    say(0.0, "reading photos")
+    ing = ingest(inputs, min_side=min_side, progress=lambda f, m: say(0.25 * f, m))
+    outcomes = [FileOutcome(r.name, "rejected", r.reason) for r in ing.rejected]
+
+    if isinstance(detector, str):
+        det, notice = get_detector(detector)
+        if notice:
+            notices.append(notice)
+    else:
+        det = detector
+
+    kept: list[tuple[Any, Any, dict[str, Any]]] = []
+    n = len(ing.accepted)
+    for i, img in enumerate(ing.accepted):
+        say(0.25 + 0.35 * i / max(n, 1), f"finding the face in {img.name}")
+        try:
+            faces = det.detect(np.asarray(img.image))
+            crop = crop_face(img.image, faces, framing)
+        except DatasetError:
+            raise
+        except Exception as exc:  # never let one photo stop the batch
+            log.exception("face step failed on %s", img.name)
+            outcomes.append(FileOutcome(img.name, "rejected",
+                                        f"face detection failed ({type(exc).__name__}: {exc})"))
+            continue
+        if not faces and no_face == "drop":
+            outcomes.append(FileOutcome(img.name, "dropped", "no face found (--no-face drop)"))
+            continue
+        kept.append((img, crop, {}))
+
+    if not kept:
+        shown = "; ".join(f"{o.file}: {o.reason}" for o in outcomes[:5])
+        more = f"; and {len(outcomes) - 5} more" if len(outcomes) > 5 else ""
+        raise DatasetError(f"No usable photos remain ({shown or 'no files found'}{more}); add "
+                           "10-20 sharp photos of one person.")
+
+    say(0.6, "captioning")
+    cap = captioner if isinstance(captioner, Captioner) else Captioner(captioner)
+    raw = cap.caption([c.image for _, c, _ in kept],
+                      progress=lambda done, total: say(0.6 + 0.3 * done / total,
+                                                       f"captioning {done}/{total}"))
+
+    entries: list[Entry] = []
+    images_report: list[dict[str, Any]] = []
+    for idx, ((img, crop, _), text) in enumerate(zip(kept, raw, strict=True), start=1):
+        file_name = f"{idx:04d}.png"
+        caption = render(template, trigger, class_word, text)
+        facts = ImageFacts(file=file_name, source=img.name, size=img.original_size,
+                           crop=crop.image, faces=crop.faces_found,
+                           face_size=crop.face.size if crop.face else None,
+                           crop_side=crop.source_side, upscaled=crop.upscaled,
+                           near_duplicate_of=img.near_duplicate_of)
+        rep = image_report(facts)
+        extra = [w for w in crop.warnings if not _covered(w, rep["warnings"])]
+        rep["warnings"] = rep["warnings"] + extra
+        rep["notes"] = img.notes
+        rep["crop_method"] = crop.method
+        images_report.append(rep)
+        entries.append(Entry(file_name, crop.image, img.image, caption, img.name))
+        outcomes.append(FileOutcome(img.name, "accepted", output=file_name, caption=caption,
+                                    warnings=rep["warnings"]))
+
+    report = {
+        "images": images_report, "set": set_report(images_report), "notices": notices,
+        "lint": lint_captions([e.caption for e in entries], trigger, class_word,
+                              [e.file_name for e in entries]),
+        "rejected": [{"file": o.file, "status": o.status, "reason": o.reason}
+                     for o in outcomes if o.status != "accepted"],
+        "settings": {"trigger": trigger, "class_word": class_word, "framing": framing,
+                     "detector": getattr(det, "name", str(det)), "template": template,
+                     "no_face": no_face, "min_side": min_side},
+    }
+    say(0.92, "writing the dataset")
+    meta = {"name": name or Path(out_dir).name, "trigger": trigger, "class_word": class_word,
+            "template": template, "framing": framing, "detector": getattr(det, "name", "?"),
+            "captioner": str(cap.source or ""), "version": 1}
+    ds = write_dataset(out_dir, entries, meta, report, overwrite=overwrite, workspace=workspace)
+    say(1.0, f"{len(entries)} image(s) ready")
+    return PrepareResult(outcomes, notices, report, ds)
+
+
+def _covered(warning: str, existing: list[str]) -> bool:
+    """Crop warnings already said by the quality report (same topic)."""
+    keys = ("faces found", "face is only", "upscaled")
+    topics = {"faces found": "faces:", "face is only": "tiny face", "upscaled": "upscaled"}
+    for k in keys:
+        if k in warning:
+            return any(topics[k] in e for e in existing)
+    return False

@@ -1,0 +1,226 @@
+"""The on-disk dataset (see the dataset contract in the README):
+
+    DATASET/images/0001.png ...          1024x1024 crops
+    DATASET/images/metadata.jsonl        {"file_name": "0001.png", "text": "a photo of TOK person, ..."}
+    DATASET/originals/0001.png ...       the normalised originals (no EXIF/GPS), same names
+    DATASET/dataset.json                 name, trigger, class_word, template, hash, created, count, framing
+    DATASET/report.json                  the quality report
+
+Datasets are written into a temporary sibling folder and renamed into place, so a crash never
+leaves half a dataset; caption edits rewrite metadata.jsonl atomically and refresh the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from studio.dataset import DatasetError
+from studio.fsutil import atomic_write_json, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+IMAGES, ORIGINALS, METADATA = "images", "originals", "metadata.jsonl"
+INFO, REPORT = "dataset.json", "report.json"
+
+
+@dataclass
+class Entry:
+    """One image of a dataset being written."""
+
+    file_name: str
+    crop: Image.Image
+    original: Image.Image
+    caption: str
+    source: str = ""
+
+
+@dataclass
+class DatasetInfo:
+    path: Path
+    info: dict[str, Any]
+    entries: list[dict[str, str]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name") or self.path.name)
+
+
+def _metadata_text(entries: Iterable[dict[str, str]]) -> str:
+    return "".join(json.dumps({"file_name": e["file_name"], "text": e["text"]},
+                              ensure_ascii=False) + "\n" for e in entries)
+
+
+def dataset_hash(folder: str | Path) -> str:
+    """SHA-256 over every crop's bytes and its caption, in file-name order."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for e in sorted(read_jsonl(folder / IMAGES / METADATA), key=lambda e: e["file_name"]):
+        h.update(e["file_name"].encode())
+        with open(folder / IMAGES / e["file_name"], "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+        h.update(e["text"].encode("utf-8"))
+    return h.hexdigest()
+
+
+def is_dataset(folder: str | Path) -> bool:
+    return (Path(folder) / INFO).is_file()
+
+
+def write_dataset(out_dir: str | Path, entries: list[Entry], meta: dict[str, Any],
+                  report: dict[str, Any], overwrite: bool = False, workspace=None) -> DatasetInfo:
+    """Write a complete dataset atomically (temp folder, then rename) and register it."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not (overwrite and is_dataset(out)):
+        if not out.is_dir() or any(out.iterdir()):
+            hint = "use --force (or Save again to replace it)" if is_dataset(out) else \
+                "choose an empty or new folder"
+            raise DatasetError(f"{out} already exists; {hint}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / IMAGES).mkdir(parents=True)
+        (tmp / ORIGINALS).mkdir()
+        for e in entries:
+            e.crop.save(tmp / IMAGES / e.file_name, format="PNG", compress_level=4)
+            e.original.save(tmp / ORIGINALS / e.file_name, format="PNG", compress_level=4)
+        (tmp / IMAGES / METADATA).write_text(
+            _metadata_text({"file_name": e.file_name, "text": e.caption} for e in entries),
+            encoding="utf-8")
+        info = dict(meta)
+        info.update({"name": meta.get("name") or out.name, "count": len(entries),
+                     "created": meta.get("created") or time.time(), "updated": time.time(),
+                     "hash": dataset_hash(tmp),
+                     "sources": {e.file_name: e.source for e in entries}})
+        atomic_write_json(tmp / INFO, info)
+        atomic_write_json(tmp / REPORT, report)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ds = open_dataset(out)
+    if workspace is not None:
+        register(workspace, ds)
+    return ds
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` onto ``out``; an existing dataset is moved aside first, then deleted."""
+    old = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def register(workspace, ds: DatasetInfo) -> None:
+    from studio.workspace import slugify
+
+    workspace.register_dataset(slugify(ds.name, "dataset"), ds.path,
+                               {k: ds.info.get(k) for k in ("count", "trigger", "class_word",
+                                                            "hash", "framing")})
+
+
+def open_dataset(folder: str | Path) -> DatasetInfo:
+    """Read a dataset folder (dataset.json, captions, report)."""
+    folder = Path(folder).expanduser()
+    if not is_dataset(folder):
+        raise DatasetError(f"{folder} is not a prepared dataset (no {INFO}); prepare one first.")
+    try:
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+        report = json.loads((folder / REPORT).read_text(encoding="utf-8")) \
+            if (folder / REPORT).is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"The dataset {folder} is damaged ({exc}); prepare it again.") from None
+    entries = [{"file_name": e["file_name"], "text": e.get("text", "")}
+               for e in read_jsonl(folder / IMAGES / METADATA) if "file_name" in e]
+    return DatasetInfo(folder.resolve(), info, entries, report)
+
+
+def save_captions(folder: str | Path, captions: dict[str, str], drop: Iterable[str] = (),
+                  workspace=None) -> DatasetInfo:
+    """Write edited captions (and drop images) back into a dataset, atomically; refresh the
+    hash and count. Unknown file names are an error."""
+    ds = open_dataset(folder)
+    known = {e["file_name"] for e in ds.entries}
+    drop = set(drop)
+    unknown = sorted((set(captions) | drop) - known)
+    if unknown:
+        raise DatasetError(f"{', '.join(unknown[:3])} is not in the dataset {ds.name}; reload it.")
+    entries = [{"file_name": e["file_name"], "text": str(captions.get(e["file_name"], e["text"]))
+                .strip()} for e in ds.entries if e["file_name"] not in drop]
+    if not entries:
+        raise DatasetError("Every image would be dropped; keep at least one.")
+    atomic_write_text(ds.path / IMAGES / METADATA, _metadata_text(entries))
+    for name in drop:
+        for sub in (IMAGES, ORIGINALS):
+            (ds.path / sub / name).unlink(missing_ok=True)
+    info = dict(ds.info)
+    info.update({"hash": dataset_hash(ds.path), "count": len(entries), "updated": time.time()})
+    if drop and isinstance(info.get("sources"), dict):
+        info["sources"] = {k: v for k, v in info["sources"].items() if k not in drop}
+    atomic_write_json(ds.path / INFO, info)
+    out = open_dataset(ds.path)
+    if workspace is not None:
+        register(workspace, out)
+    return out
+
+
+def publish(src: str | Path, dest: str | Path, name: str | None = None, overwrite: bool = False,
+            workspace=None) -> DatasetInfo:
+    """Move a complete dataset folder (e.g. a staged one) to ``dest`` in one rename."""
+    src, dest = Path(src).resolve(), Path(dest).expanduser().resolve()
+    ds = open_dataset(src)
+    if dest.exists() and (not overwrite or not is_dataset(dest)):
+        raise DatasetError(f"A dataset named {dest.name!r} already exists; choose another name.")
+    info = dict(ds.info)
+    info.update({"name": name or dest.name, "updated": time.time()})
+    atomic_write_json(src / INFO, info)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _swap_in(src, dest)
+    except OSError:  # another file system: copy next to the target, then rename
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(src, tmp)
+        _swap_in(tmp, dest)
+        shutil.rmtree(src, ignore_errors=True)
+    out = open_dataset(dest)
+    if workspace is not None:
+        register(workspace, out)
+    return out
+
+
+def list_datasets(workspace) -> list[dict[str, Any]]:
+    """Registered datasets plus dataset folders found in the workspace, newest first."""
+    found = {str(Path(d["path"]).resolve()): d for d in workspace.list_datasets()
+             if is_dataset(d["path"])}
+    root = workspace.datasets_dir
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.is_dir() and not p.name.startswith(".") and is_dataset(p) and \
+                str(p.resolve()) not in found:
+            st = (p / INFO).stat()
+            found[str(p.resolve())] = {"name": p.name, "path": str(p), "updated": st.st_mtime,
+                                       "info": {}}
+    return sorted(found.values(), key=lambda d: d.get("updated", 0), reverse=True)
