@@ -125,7 +125,7 @@ def _load_feature_commands() -> None:
 
 
 # Modules providing ``add_cli(subparsers)`` and optional ``USER_ERRORS`` (class names).
-_FEATURE_MODULES: list[str] = []
+_FEATURE_MODULES: list[str] = ["studio.api.keys"]
 
 
 def build_parser() -> argparse.ArgumentParser:
