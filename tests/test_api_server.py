@@ -45,7 +45,7 @@ def test_health_needs_no_key_and_shows_no_secrets(server):
     ({}, "missing_api_key"),
     ({"Authorization": "Bearer sk-studio-" + "A" * 43}, "invalid_api_key"),  # wrong
     ({"X-API-Key": "not-a-key"}, "invalid_api_key"),  # malformed
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing_api_key"),
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_api_key"),  # not a Bearer key
 ])
 def test_bad_keys_get_401_json(server, headers, code):
     for path, method, body in (("/generate_image", "POST", SMALL), ("/api_key_usage", "GET", None)):
@@ -54,6 +54,15 @@ def test_bad_keys_get_401_json(server, headers, code):
         assert h["content-type"] == "application/json"
         assert json.loads(raw)["error"] == code
         assert h.get("www-authenticate") == "Bearer"
+
+
+def test_conflicting_credentials_get_401(server, store):
+    key, _ = store.create("two-headers")
+    for extra in ({"Authorization": "Bearer sk-studio-" + "B" * 43}, {"Authorization": "Basic x"}):
+        status, _, raw = request(server.url + "/api_key_usage", headers={"X-API-Key": key, **extra})
+        assert status == 401, raw
+    both = {"X-API-Key": key, **bearer(key)}
+    assert request(server.url + "/api_key_usage", headers=both)[0] == 200
 
 
 def test_revoked_key_gets_401(server, store):
@@ -110,14 +119,15 @@ def test_raw_png_and_batch(server, store):
     ({**SMALL, "prompt": "   "}, "prompt is empty"),
     ({**SMALL, "steps": 0}, "Field 'steps'"),
     ({**SMALL, "width": 65}, "Field 'width'"),
-    ({**SMALL, "steps": 9}, "at most 3 steps"),
-    ({**SMALL, "width": 512}, "up to 128 px"),
+    ({**SMALL, "steps": 9}, "Field 'steps': Input should be less than or equal to 3"),
+    ({**SMALL, "width": 512}, "Field 'width'"),
+    ({**SMALL, "num_images": 3}, "Field 'num_images'"),
     ({**SMALL, "scheduler": "nope"}, "Field 'scheduler'"),
     ({**SMALL, "unknown": 1}, "Field 'unknown'"),
-    ({**SMALL, "lora": "/etc/passwd"}, "name of a training run"),
-    ({**SMALL, "lora": "../runs/x"}, "name of a training run"),
-    ({**SMALL, "lora": "no-such-run"}, "No finished training run"),
+    ({**SMALL, "lora": "/etc/passwd"}, "Field 'lora'"),
+    ({**SMALL, "lora": "../runs/x"}, "Field 'lora'"),
     (b"{not json", "not valid JSON"),
+    (b"\xff\xfe{", "not valid JSON"),
 ])
 def test_bad_requests_get_422_with_one_sentence(server, store, body, fragment):
     key, _ = store.create("bad")
@@ -126,6 +136,13 @@ def test_bad_requests_get_422_with_one_sentence(server, store, body, fragment):
     msg = json.loads(raw)["message"]
     assert fragment in msg and msg.endswith(".") and "\n" not in msg
     assert usage(server, key)["key"]["images"] == 0
+
+
+def test_unknown_lora_run_is_404(server, store):
+    key, _ = store.create("run")
+    status, _, raw = request(server.url + "/generate_image", "POST",
+                             {**SMALL, "lora": "no-such-run"}, bearer(key))
+    assert status == 404 and "No finished training run" in json.loads(raw)["message"]
 
 
 def test_unreachable_hub_lora_is_503_not_500(server, store):

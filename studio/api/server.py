@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studio import __version__
@@ -39,14 +39,20 @@ log = logging.getLogger(__name__)
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 
-_HUB_LORA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-                          r"(:[A-Za-z0-9][A-Za-z0-9._/-]{0,200}\.safetensors)?$")
+_HUB_LORA = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+             r"(:[A-Za-z0-9][A-Za-z0-9._/-]{0,200}\.safetensors)?")
+_RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}"
+_HUB_LORA_RE = re.compile(f"^{_HUB_LORA}$")
+_LORA_PATTERN = f"^({_RUN_NAME}|{_HUB_LORA})$"
+# At least one character that is not whitespace (str.isspace also counts \x1c-\x1f).
+_NOT_BLANK = r"[^\s\x1c-\x1f]"
 
 
 # ---- settings -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ApiSettings:
-    """Server-side limits on top of the engine's own (set by the operator, e.g. via env)."""
+    """Server-side limits within the engine's own (set by the operator, e.g. via env); the
+    OpenAPI schema of ``/generate_image`` states them."""
 
     queue_size: int = 4
     max_steps: int = 150
@@ -84,7 +90,7 @@ class GenerateImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000,
+    prompt: str = Field(min_length=1, max_length=2000, pattern=_NOT_BLANK,
                         examples=["a photo of TOK person, portrait, natural light"])
     negative_prompt: str = Field("", max_length=2000)
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 for a random seed; image i "
@@ -95,7 +101,7 @@ class GenerateImageRequest(BaseModel):
     height: int = Field(1024, ge=64, le=2048, multiple_of=8)
     num_images: int = Field(1, ge=1, le=8)
     scheduler: SchedulerName = Field(DEFAULT_SCHEDULER)  # type: ignore[valid-type]
-    lora: str | None = Field(None, max_length=300, description=(
+    lora: str | None = Field(None, max_length=300, pattern=_LORA_PATTERN, description=(
         "a training run of this workspace (its name) or a Hub LoRA (owner/name or "
         "owner/name:file.safetensors); null for none"))
     lora_scale: float = Field(1.0, ge=-4, le=4)
@@ -103,6 +109,20 @@ class GenerateImageRequest(BaseModel):
     refiner_switch: float = Field(0.8, gt=0, lt=1, description="fraction of the denoising done "
                                   "by the base before the refiner takes over")
     save_to_gallery: bool = Field(False, description="also keep the images in the app's gallery")
+
+
+def request_model(settings: "ApiSettings") -> type[GenerateImageRequest]:
+    """:class:`GenerateImageRequest` narrowed to this server's limits, so that the OpenAPI
+    schema tells clients exactly what is accepted."""
+    side = min(2048, settings.max_side) // 8 * 8
+    steps = min(150, settings.max_steps)
+    images = min(8, settings.max_images)
+    return create_model(
+        "GenerateImageRequest", __base__=GenerateImageRequest, __doc__=GenerateImageRequest.__doc__,
+        steps=(int, Field(min(30, steps), ge=1, le=steps)),
+        width=(int, Field(min(1024, side), ge=64, le=side, multiple_of=8)),
+        height=(int, Field(min(1024, side), ge=64, le=side, multiple_of=8)),
+        num_images=(int, Field(1, ge=1, le=images)))
 
 
 class GeneratedImageOut(BaseModel):
@@ -212,6 +232,7 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
     settings = settings or ApiSettings.from_env()
     store = KeyStore(workspace)
     gate = Gate(settings.queue_size)
+    Body = request_model(settings)
     app = FastAPI(
         title="SDXL LoRA Studio API", version=__version__,
         description="Generate images with SDXL base (+ refiner, + your LoRA). Authenticate with "
@@ -232,18 +253,35 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not decode the body at all
+            return _error(422, "invalid_request", "The request body is not valid JSON text.")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else "The request was refused."
         return _error(exc.status_code, code, detail, getattr(exc, "headers", None))
 
-    def require_key(bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                    header: Annotated[str | None, Depends(_header_key)]) -> ApiKey:
-        raw = header or (bearer.credentials if bearer is not None else None)
+    def require_key(request: Request,
+                    _bearer_doc: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                    _header_doc: Annotated[str | None, Depends(_header_key)]) -> ApiKey:
+        """The caller's active key. Every credential sent must be that key: a second, different
+        or non-Bearer credential is refused rather than ignored."""
         hdrs = {"WWW-Authenticate": "Bearer"}
-        if not raw:
+        given: list[str] = []
+        authz = request.headers.get("authorization")
+        if authz is not None:
+            scheme, _, cred = authz.strip().partition(" ")
+            if scheme.lower() != "bearer" or not cred.strip():
+                raise ApiError(401, "invalid_api_key", "The Authorization header must be "
+                               "'Bearer KEY' with an API key.", hdrs)
+            given.append(cred.strip())
+        if request.headers.get("x-api-key") is not None:
+            given.append(request.headers["x-api-key"].strip())
+        if not given:
             raise ApiError(401, "missing_api_key", "An API key is required: send it as "
                            "'Authorization: Bearer KEY' or 'X-API-Key: KEY'.", hdrs)
-        key = store.authenticate(raw.strip())
+        if len(set(given)) > 1:
+            raise ApiError(401, "invalid_api_key", "Two different API keys were sent; send one.",
+                           hdrs)
+        key = store.authenticate(given[0])
         if key is None:
             raise ApiError(401, "invalid_api_key", "The API key is malformed, unknown or revoked.",
                            hdrs)
@@ -265,17 +303,6 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
             out["keys"] = [k.public() for k in store.list()]
         return out
 
-    def _check_limits(body: GenerateImageRequest) -> None:
-        if body.steps > settings.max_steps:
-            raise ApiError(422, "over_limit", f"This server allows at most {settings.max_steps} "
-                           f"steps (asked {body.steps}).")
-        if max(body.width, body.height) > settings.max_side:
-            raise ApiError(422, "over_limit", f"This server allows images up to "
-                           f"{settings.max_side} px per side (asked {body.width}x{body.height}).")
-        if body.num_images > settings.max_images:
-            raise ApiError(422, "over_limit", f"This server allows at most {settings.max_images} "
-                           f"images per request (asked {body.num_images}).")
-
     def _resolve_lora(ref: str | None) -> str | None:
         """A run name of this workspace or a Hub id; never an arbitrary server path."""
         if ref is None or not ref.strip():
@@ -289,7 +316,7 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
             raise ApiError(422, "invalid_lora", "The LoRA must be the name of a training run of "
                            "this studio or a Hub id like owner/name[:file.safetensors].") from None
         if not (run / "pytorch_lora_weights.safetensors").is_file():
-            raise ApiError(422, "unknown_lora", f"No finished training run named {ref!r} in this "
+            raise ApiError(404, "unknown_lora", f"No finished training run named {ref!r} in this "
                            "studio.")
         return str(run)
 
@@ -300,14 +327,14 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
                                "description": "JSON with base64 PNGs, or one raw PNG when the "
                                               "request's Accept header is image/png"},
                          **_ERROR_RESPONSES,
+                         404: {"model": ErrorOut, "description": "no such LoRA run"},
                          406: {"model": ErrorOut, "description": "image/png asked for several "
                                "images"},
                          503: {"model": ErrorOut, "description": "queue full (see Retry-After) "
                                "or a model could not be loaded"}})
-    async def generate_image(body: GenerateImageRequest, request: Request,
+    async def generate_image(body: Body, request: Request,  # type: ignore[valid-type]
                              key: Annotated[ApiKey, Depends(require_key)]):
         """Generate images; each successful image counts once towards the key's usage."""
-        _check_limits(body)
         want_png = _wants_png(request.headers.get("accept", ""))
         if want_png and body.num_images != 1:
             raise ApiError(406, "not_acceptable", "A raw image/png response holds one image; ask "
