@@ -107,7 +107,7 @@ def test_bad_auth_value_refuses():
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory, tiny_models):
     home = tmp_path_factory.mktemp("sec") / "home"
-    s = start_api_app(home, tiny_models, env={"STUDIO_AUTH": f"{USER}:{PASSWORD}"})
+    s = start_api_app(home, tiny_models, "--demo", env={"STUDIO_AUTH": f"{USER}:{PASSWORD}"})
     yield s
     s.stop()
 
@@ -189,7 +189,10 @@ def test_browser_shows_login_form(auth_server, page):
     page.get_by_label("username").fill(USER)
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
-    page.locator("#gen-prompt").wait_for()
+    page.locator("#gen-prompt textarea").fill("a photo of TOK person")
+    # the UI's events are private to Gradio's API, yet the logged-in browser still runs them
+    page.locator("#gen-button").click()
+    page.locator("#gen-status").get_by_text("image(s) in").wait_for(timeout=120_000)
 
 
 def test_login_attempts_are_throttled(auth_server):

@@ -87,7 +87,7 @@ def build_server(ctx: AppContext, blocks: gr.Blocks, opts: ServerOptions) -> Fas
         return await call_next(request)
 
     lock_down(blocks)
-    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE, api_open=False)
+    blocks.queue(default_concurrency_limit=2, max_size=QUEUE_MAX_SIZE, api_open=False)
     ws = ctx.workspace
     # What the UI may serve: the app's own outputs. Never model files or the key registry.
     allowed = [str(p.resolve()) for p in (ws.gallery_dir, ws.exports_dir, ws.runs_dir,
