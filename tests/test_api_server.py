@@ -124,8 +124,8 @@ def test_raw_png_and_batch(server, store):
     ({**SMALL, "num_images": 3}, "Field 'num_images'"),
     ({**SMALL, "scheduler": "nope"}, "Field 'scheduler'"),
     ({**SMALL, "unknown": 1}, "Field 'unknown'"),
-    ({**SMALL, "lora": "/etc/passwd"}, "Field 'lora'"),
-    ({**SMALL, "lora": "../runs/x"}, "Field 'lora'"),
+    ({**SMALL, "lora": "/etc/passwd"}, "Field 'lora': give the name of a training run"),
+    ({**SMALL, "lora": "../runs/x"}, "Field 'lora': give the name of a training run"),
     (b"{not json", "not valid JSON"),
     (b"\xff\xfe{", "not valid JSON"),
 ])

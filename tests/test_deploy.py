@@ -156,7 +156,8 @@ def test_training_available_on_zero_gpu(monkeypatch):
 def test_space_starts_without_login_and_warns_about_storage(tmp_path, tiny_models):
     """On a Space (no /data here) the app binds 0.0.0.0 without --auth and shows the warning."""
     home = tmp_path / "home"
-    server = start_api_app(home, tiny_models, env={"SPACE_ID": "me/studio"})
+    server = start_api_app(home, tiny_models, env={"SPACE_ID": "me/studio",
+                                                   "HF_TOKEN": "hf_not_a_real_secret_123"})
     try:
         status, _, raw = request(server.url + "/config")
         assert status == 200
@@ -165,6 +166,7 @@ def test_space_starts_without_login_and_warns_about_storage(tmp_path, tiny_model
         has_data = spaces.PERSISTENT_DIR.is_dir() and os.access(spaces.PERSISTENT_DIR, os.W_OK)
         assert warned is not has_data  # this machine has no /data: the UI must warn
         log = server.log.read_text()
-        assert "0.0.0.0" in log and "hf_" not in log
+        assert "0.0.0.0" in log and "HF_TOKEN secret: set" in log
+        assert "hf_not_a_real_secret_123" not in log
     finally:
         server.stop()

@@ -188,9 +188,17 @@ def _validation_message(exc: RequestValidationError) -> str:
         return "The request body is not valid JSON."
     where = f"Field '{'.'.join(loc)}': " if loc else ""
     msg = str(e.get("msg", "invalid value")).rstrip(".")
+    if e.get("type") == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HELP:
+        msg = _PATTERN_HELP[loc[-1]]
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where}{msg}{more}."
 
+
+_PATTERN_HELP = {
+    "prompt": "the prompt is empty; describe the image to generate",
+    "lora": "give the name of a training run of this studio or a Hub id like "
+            "owner/name[:file.safetensors]",
+}
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, malformed, unknown or revoked API key"},
