@@ -1,6 +1,11 @@
-"""SDXL LoRA Studio: the web app. Also the Hugging Face Spaces entry point (app_file: app.py).
+"""SDXL LoRA Studio: the web app and its HTTP API, one process on one port (uvicorn).
+Also the Hugging Face Spaces entry point (app_file: app.py).
 
     python app.py [--host 127.0.0.1] [--port 7860] [--demo] [--base ID_OR_DIR] ...
+                  [--auth user:password ...] [--insecure-no-auth]
+
+Beyond localhost a login is required (``--auth`` or ``STUDIO_AUTH``), except on a Hugging Face
+Space, where the Space's own visibility applies.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refiner", help="SDXL refiner: Hub id or folder (env STUDIO_REFINER_MODEL)")
     p.add_argument("--captioner", help="BLIP captioner: Hub id or folder (env STUDIO_CAPTION_MODEL)")
     p.add_argument("--vae", help="VAE: Hub id, folder, or 'base' (env STUDIO_VAE_MODEL)")
+    p.add_argument("--auth", action="append", metavar="USER:PASSWORD", default=[],
+                   help="require this login for the UI (repeatable; env STUDIO_AUTH=\"u1:p1,u2:p2\" "
+                        "or STUDIO_AUTH_FILE with one user:password per line)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow listening beyond localhost without a login (not recommended)")
     p.add_argument("--debug", action="store_true")
     return p.parse_args(argv)
 
@@ -67,17 +77,39 @@ def main(argv: list[str] | None = None) -> int:
         from studio.models import quiet_libraries
 
         quiet_libraries()
+    from studio import spaces
+    from studio.security import SecurityError, check_exposure, harden_pillow, parse_auth
+
+    space = spaces.configure()  # on a Space: workspace and HF cache on /data when present
+    if space.on_spaces and args.host == "127.0.0.1" and "STUDIO_HOST" not in os.environ:
+        args.host = "0.0.0.0"
+        log.info("On a Hugging Face Space: listening on 0.0.0.0 (the Space proxy is the only "
+                 "way in; the Space's visibility and STUDIO_AUTH decide who can use it).")
+    try:
+        auth = parse_auth(args.auth, os.environ.get("STUDIO_AUTH"),
+                          os.environ.get("STUDIO_AUTH_FILE"))
+        warning = check_exposure(args.host, bool(auth), args.insecure_no_auth, space.on_spaces)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if warning:
+        log.warning(warning)
+    harden_pillow()
     ctx = make_context(args)
+    if space.storage_warning:
+        ctx.notices.append(space.storage_warning)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(ctx.workspace.tmp_dir))
+    import uvicorn
+
     from studio.ui.app import build_app
+    from studio.ui.server import ServerOptions, build_server
 
     demo = build_app(ctx)
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    log.info("workspace: %s", ctx.workspace.home)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=not ctx.remote,
-                allowed_paths=[str(ctx.workspace.gallery_dir), str(ctx.workspace.exports_dir),
-                               str(ctx.workspace.runs_dir)],
-                max_file_size="50mb")
+    server = build_server(ctx, demo, ServerOptions(auth=auth, host=args.host, port=args.port))
+    log.info("workspace: %s; UI login: %s; API docs at /docs", ctx.workspace.home,
+             f"{len(auth)} user(s)" if auth else "off")
+    uvicorn.run(server, host=args.host, port=args.port, log_level="debug" if args.debug
+                else "info", server_header=False, timeout_graceful_shutdown=10)
     return 0
 
 

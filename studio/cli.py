@@ -126,7 +126,7 @@ def _load_feature_commands() -> None:
 
 # Modules providing ``add_cli(subparsers)`` and optional ``USER_ERRORS`` (class names).
 _FEATURE_MODULES: list[str] = ["studio.dataset.cli", "studio.train.cli", "studio.train.runner",
-                               "studio.share.hub"]
+                               "studio.share.hub", "studio.api.keys"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nFrom a handful of photos to a personal SDXL LoRA and images "
                     "of yourself.")
+        for notice in ctx.notices:
+            gr.Markdown(notice, elem_classes=["studio-notice"])
         components: dict = {}
         with gr.Tabs() as tabs:
             for mod in TAB_MODULES:

@@ -19,6 +19,7 @@ class AppContext:
     vae: str | None = None
     demo: bool = False
     remote: bool = False  # served beyond localhost: hide error details
+    notices: list[str] = field(default_factory=list)  # Markdown warnings shown above the tabs
 
     @property
     def demo_note(self) -> str:

@@ -1,0 +1,105 @@
+"""One process, one port: the HTTP API (FastAPI) with the Gradio UI mounted on it.
+
+:func:`build_server` applies the secure Gradio settings: login when configured, a finite queue
+with a concurrency limit, the UI's internal events hidden from Gradio's API docs and clients,
+no direct REST calls that skip the queue, error details hidden from remote users, uploads
+capped, only the app's own outputs servable, and a throttle on login attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from studio.api.server import ApiSettings, create_api
+from studio.ui.context import AppContext
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD = "50mb"
+QUEUE_MAX_SIZE = 32
+LOGIN_ATTEMPTS_PER_MIN = 10
+
+
+@dataclass
+class ServerOptions:
+    auth: list[tuple[str, str]] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth_message: str | None = None
+    api_settings: ApiSettings | None = None
+
+
+def lock_down(blocks: gr.Blocks) -> None:
+    """Hide every event of the UI from Gradio's API page and client libraries.
+
+    The browser still calls them through the queue (after login when auth is on); nothing is
+    advertised as a public API: the documented API is the studio's own ``/generate_image``."""
+    for fn in blocks.fns.values():
+        fn.api_visibility = "private"
+
+
+class LoginThrottle:
+    """At most ``limit`` login attempts per client address per minute (slows password guessing)."""
+
+    def __init__(self, limit: int = LOGIN_ATTEMPTS_PER_MIN):
+        self.limit = limit
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._lock:
+            q = self._seen.setdefault(client, deque())
+            while q and q[0] <= now - 60:
+                q.popleft()
+            if len(q) >= self.limit:
+                return False
+            q.append(now)
+            if len(self._seen) > 10_000:  # forget idle clients
+                for k in [k for k, v in self._seen.items() if not v]:
+                    del self._seen[k]
+            return True
+
+
+def build_server(ctx: AppContext, blocks: gr.Blocks, opts: ServerOptions) -> FastAPI:
+    """The ASGI app serving the API (``/generate_image``, ``/api_key_usage``, ``/health``,
+    ``/docs``) and the UI at ``/``."""
+    app = create_api(ctx.workspace, base=ctx.base, refiner=ctx.refiner, vae=ctx.vae,
+                     settings=opts.api_settings)
+    throttle = LoginThrottle()
+
+    @app.middleware("http")
+    async def _throttle_login(request: Request, call_next):
+        if request.method == "POST" and request.url.path.rstrip("/").endswith("/login"):
+            client = request.client.host if request.client else "?"
+            if not throttle.allow(client):
+                return JSONResponse({"error": "rate_limited", "message": "Too many login "
+                                     "attempts; wait a minute."}, status_code=429,
+                                    headers={"Retry-After": "60"})
+        return await call_next(request)
+
+    lock_down(blocks)
+    blocks.queue(default_concurrency_limit=2, max_size=QUEUE_MAX_SIZE, api_open=False)
+    ws = ctx.workspace
+    # What the UI may serve: the app's own outputs. Never model files or the key registry.
+    allowed = [str(p.resolve()) for p in (ws.gallery_dir, ws.exports_dir, ws.runs_dir,
+                                           ws.datasets_dir)]
+    db = str(ws.db_path.resolve())
+    blocked = [str(ws.models_dir.resolve()), db, db + "-wal", db + "-shm"]
+    gr.mount_gradio_app(
+        app, blocks, path="/", server_name=opts.host, server_port=opts.port,
+        footer_links=["gradio", "settings"], run_history=False,
+        auth=opts.auth or None,
+        auth_message=opts.auth_message or "Log in to the SDXL LoRA Studio.",
+        allowed_paths=allowed, blocked_paths=blocked, show_error=not ctx.remote,
+        max_file_size=MAX_UPLOAD, ssr_mode=False, mcp_server=False,
+        enable_monitoring=False, pwa=False)
+    return app
