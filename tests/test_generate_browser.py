@@ -17,6 +17,7 @@ def _generate(page, prompt: str, seed: str = "3") -> None:
 
 def test_generate_gallery_export_and_bad_base(app_server, page, tiny_models, tmp_path):
     page.goto(app_server.url)
+    page.get_by_role("tab", name="Generate").click()
     page.wait_for_selector("#gen-button")
     # Tiny model: small and quick.
     for sel, val in (("#gen-width input[type=number]", "64"), ("#gen-height input[type=number]", "64"),

@@ -189,6 +189,7 @@ def test_browser_shows_login_form(auth_server, page):
     page.get_by_label("username").fill(USER)
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="Generate").click()
     page.locator("#gen-prompt textarea").fill("a photo of TOK person")
     # the UI's events are private to Gradio's API, yet the logged-in browser still runs them
     page.locator("#gen-button").click()

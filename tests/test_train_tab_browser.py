@@ -101,8 +101,14 @@ def step_events(run_dir: Path) -> list[dict]:
     return out
 
 
+def open_train_tab(page) -> None:
+    """The Dataset tab opens first; the Train tab is the second."""
+    page.get_by_role("tab", name="Train").click()
+
+
 def start_run(page, url: str, steps: int, dataset_label: str = "me (4 images)") -> None:
     page.goto(url)
+    open_train_tab(page)
     page.locator("#train-dataset input").click()
     page.get_by_role("option", name=dataset_label).click()
     page.locator("#train-advanced").get_by_text("Advanced settings").first.click()
@@ -196,6 +202,7 @@ def test_reload_and_app_restart_during_a_run(home, tiny_models, page, cleanup):
         start_run(page, app.url, steps=2000)
         wait_until(lambda: current_step(page) >= 2, 120, "steps", page)
         page.reload()
+        open_train_tab(page)
         wait_until(lambda: current_step(page) >= 2, 30, "the run after a reload", page)
         before = current_step(page)
         wait_until(lambda: current_step(page) > before, 60, "updates after a reload", page)
@@ -210,6 +217,7 @@ def test_reload_and_app_restart_during_a_run(home, tiny_models, page, cleanup):
     app = start_app(home, tiny_models)
     try:
         page.goto(app.url)
+        open_train_tab(page)
         wait_until(lambda: "running" in status_text(page), 30, "the re-adopted run", page)
         s = current_step(page)
         wait_until(lambda: current_step(page) > s, 60, "updates after the restart", page)

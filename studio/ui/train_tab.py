@@ -26,6 +26,7 @@ from studio.train.monitor import (
 )
 from studio.train.runner import JobError, Runner, get_runner
 from studio.ui.context import AppContext
+from studio.workspace import WorkspaceError, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,12 @@ def build(ctx: AppContext) -> dict:
     widget_keys: list[tuple[str, str]] = []
     widgets: list[gr.components.Component] = []
 
+    from studio.spaces import training_available
+
+    can_train, why_not = training_available()
     with gr.Tab("Train", id="train"):
+        if not can_train:
+            gr.Markdown(f"**Training is not available here.** {why_not}", elem_id="train-unavailable")
         if cfgmod is None:
             gr.Markdown("⚠️ The trainer is not installed in this build; runs can be viewed but "
                         "not started.")
@@ -325,7 +331,7 @@ def build(ctx: AppContext) -> dict:
                         info="One dotted key=value per line, applied last.")
                 estimate = gr.Markdown(elem_id="train-estimate")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start",
-                                  interactive=cfgmod is not None)
+                                  interactive=cfgmod is not None and can_train)
                 start_status = gr.Markdown(elem_id="train-start-status")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -394,6 +400,15 @@ def build(ctx: AppContext) -> dict:
 
     def on_start(ds_choice, ds_path, preset_name, name, extra, *wvals):
         folder = (ds_path or "").strip() or (ds_choice or "")
+        if not can_train:
+            return f"**Training is not available here.** {why_not}", gr.skip(), gr.skip()
+        if ctx.remote and (ds_path or "").strip():
+            # Served beyond localhost: users pick workspace datasets, never server folders.
+            try:
+                folder = str(safe_join(ctx.workspace.datasets_dir,
+                                       *Path(ds_path.strip()).parts[-1:]))
+            except WorkspaceError as exc:
+                return f"**Error:** {exc}", gr.skip(), gr.skip()
         try:
             ovr = gather(preset_name, extra, wvals)
             job = runner.submit(folder, preset=preset_name or None, overrides=ovr,
