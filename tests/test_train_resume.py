@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -83,19 +82,31 @@ def test_kill9_mid_save_leaves_a_resumable_run(tmp_path, tiny_models, dataset):
     assert (run / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_models, dataset):
-    accelerate = shutil.which("accelerate", path=str(ROOT / ".venv" / "bin")) or shutil.which("accelerate")
-    assert accelerate, "accelerate CLI is missing"
+def test_two_processes_same_entry_point(tmp_path, tiny_models, dataset):
+    """Two CPU processes (gloo) through torchrun, the launcher `accelerate launch --multi_gpu` uses.
+
+    `accelerate launch --cpu --num_processes 2` itself needs mpirun (Intel MPI / OpenMPI) for
+    multi-CPU runs, which this machine does not have; torchrun gives the same environment
+    (RANK/WORLD_SIZE/MASTER_ADDR) and the trainer's Accelerator picks it up.
+    """
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "studio", "train", "--no-progress",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "studio", "train", "--no-progress",
            *_args(run, dataset, tiny_models["base"], 2, 100)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=420)
+    r = subprocess.run(cmd, cwd=ROOT, env=env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true"),
+                       capture_output=True, text=True, timeout=480)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = read_events(run)
     assert len([e for e in ev if e["type"] == "start"]) == 1  # only the main process writes events
     assert steps_of(ev) == [1, 2]
     assert ev[-1]["status"] == "finished"
     assert (run / "pytorch_lora_weights.safetensors").is_file()
+    assert "num_processes=2" in " ".join(e.get("message", "") for e in ev)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
