@@ -33,3 +33,7 @@ lint: $(DEV_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Training speed/memory at 1024 px for the portrait and low-vram presets (needs a GPU; --tiny on CPU).
+bench-train: $(APP_STAMP)
+	$(BIN)/python benchmarks/bench_train.py $(ARGS)

@@ -625,7 +625,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume:
             resume_path = ckpt.resolve_resume(self.run_dir, self.resume)
-        elif self.main and ckpt.list_checkpoints(self.run_dir):
+        elif ckpt.list_checkpoints(self.run_dir):
             raise ckpt.CheckpointError(f"The run folder {self.run_dir} already holds checkpoints; "
                                        "use --resume latest or another --out.")
         if self.main:
@@ -671,6 +671,9 @@ class Trainer:
         self.cb.on_start({"step": start_step, "total_steps": total, "resumed_from": resumed_rel})
         for w in self._warnings:
             self.cb.on_log("warning", w)
+        if n_proc > 1:
+            self.cb.on_log("info", f"Distributed training: num_processes={n_proc} "
+                                   f"({self.acc.distributed_type}).")
         self.unet.train()
         if cfg.lora.train_text_encoder:
             for te in self.text_encoders:
@@ -846,6 +849,10 @@ class Trainer:
         from studio.train.export import write_kohya, write_manifest
 
         self.save_lora(self.run_dir)
+        extra = sorted(set(self.cfg.lora.target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})
+        if extra:
+            self.cb.on_log("warning", "lora_kohya.safetensors keeps diffusers names for "
+                           f"{', '.join(extra)}; some Kohya readers only map attention layers.")
         try:
             write_kohya(self.run_dir / LORA_FILE, self.run_dir / "lora_kohya.safetensors",
                         self.cfg.lora.lora_alpha)

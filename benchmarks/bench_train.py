@@ -1,0 +1,192 @@
+"""Training benchmark: seconds per step and peak GPU memory of the real training loop.
+
+Builds full-size SDXL components (UNet, VAE, both CLIP text encoders) from the public configs of
+stabilityai/stable-diffusion-xl-base-1.0 with random weights (speed and memory do not depend on
+the weight values, and no weights can be downloaded), then runs ``studio.train.trainer`` for the
+given presets at 1024 px, batch 1, and prints one JSON object::
+
+    python benchmarks/bench_train.py --presets portrait low-vram --steps 20 --warmup 3
+    python benchmarks/bench_train.py --tiny      # CPU self-check on the tiny models (tests use it)
+
+Only model loading is replaced (``Trainer._load_models``); LoRA, optimizer, caching, conditioning,
+loss and checkpointing are the production code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Public configs of stabilityai/stable-diffusion-xl-base-1.0 (unet/, vae/ = fp16-fix VAE,
+# text_encoder/ = CLIP ViT-L/14, text_encoder_2/ = OpenCLIP ViT-bigG/14, scheduler/).
+UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024, scaling_factor=0.13025,
+    force_upcast=False,  # madebyollin/sdxl-vae-fp16-fix
+)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+              projection_dim=768)
+CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
+                 projection_dim=1280)
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                 beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1,
+                 prediction_type="epsilon")
+
+
+def make_trainer_class(tiny: bool):
+    import torch
+
+    from studio.train.trainer import Trainer
+
+    class BenchTrainer(Trainer):
+        """The production trainer with random-weight models instead of from_pretrained."""
+
+        def _load_models(self):
+            from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+            from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+            from studio.tiny import build_sdxl_components
+
+            tiny_parts = build_sdxl_components()
+            self.base = "random-weights(sdxl-base-1.0 configs)" if not tiny else "tiny"
+            self.vae_src = None
+            self.tokenizers = [tiny_parts["tokenizer"], tiny_parts["tokenizer_2"]]
+            self.noise_scheduler = DDPMScheduler(**SCHEDULER)
+            dev = self.acc.device
+            if tiny:
+                unet, vae = tiny_parts["unet"], tiny_parts["vae"]
+                te1, te2 = tiny_parts["text_encoder"], tiny_parts["text_encoder_2"]
+            else:
+                with torch.device(dev):
+                    unet = UNet2DConditionModel(**UNET)
+                    vae = AutoencoderKL(**VAE)
+                    te1 = CLIPTextModel(CLIPTextConfig(**CLIP_L))
+                    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))
+            for m in (unet, vae, te1, te2):
+                m.requires_grad_(False)
+            self.vae_dtype = torch.float32 if vae.config.get("force_upcast", True) else self.weight_dtype
+            vae.to(dev, dtype=self.vae_dtype)
+            for m in (unet, te1, te2):
+                m.to(dev, dtype=self.weight_dtype)
+            self.unet, self.vae, self.text_encoders = unet, vae, [te1, te2]
+            self.prediction_type = "epsilon"
+
+        def _sampling_scheduler(self):
+            from diffusers import EulerDiscreteScheduler
+
+            return EulerDiscreteScheduler(**SCHEDULER)
+
+    return BenchTrainer
+
+
+def make_images(folder: Path, n: int, size: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+            folder / "images" / f"{i:04d}.png")
+        (folder / "images" / f"{i:04d}.txt").write_text("a photo of tok person")
+    return folder
+
+
+def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -> dict:
+    import torch
+
+    from studio.config import load_config
+    from studio.train.trainer import TrainCallbacks
+
+    res = 64 if tiny else 1024
+    ds = make_images(work / "data", 2, res)
+    run = work / f"run-{preset}"
+    cfg = load_config(preset=preset, overrides=[
+        f"output_dir={run}", f"data.dataset={ds}", f"data.resolution={res}", "train.batch_size=1",
+        f"train.max_train_steps={steps + warmup}", "checkpoints.every_n_steps=100000",
+        "validation.every_n_steps=null", "validation.every_n_epochs=null", "validation.at_end=false",
+        "data.with_prior_preservation=false"])
+
+    times: list[float] = []
+
+    class Timer(TrainCallbacks):
+        def on_start(self, info):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times.append(time.perf_counter())
+
+        def on_step(self, info):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = make_trainer_class(tiny)(cfg, Timer()).run()
+    total = time.perf_counter() - t0
+    deltas = [b - a for a, b in zip(times, times[1:], strict=False)][warmup:]
+    out = {
+        "preset": preset, "status": result.status, "resolution": res, "batch_size": 1,
+        "steps_timed": len(deltas),
+        "s_per_step": round(sum(deltas) / len(deltas), 4) if deltas else None,
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available() else None,
+        "wall_s": round(total, 1),
+        "settings": {"rank": cfg.lora.rank, "optimizer": cfg.train.optimizer,
+                     "mixed_precision": cfg.train.mixed_precision,
+                     "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                     "cache_latents": cfg.data.cache_latents,
+                     "cache_text_embeddings": cfg.data.cache_text_embeddings},
+    }
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["portrait", "low-vram"])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per preset")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed first steps")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, 64 px, CPU (self-check)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        os.environ["STUDIO_DEVICE"] = "cpu"
+        args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
+    import torch
+
+    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "tiny": args.tiny, "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            report["results"].append(bench_preset(preset, args.steps, args.warmup, args.tiny,
+                                                  Path(tmp)))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
