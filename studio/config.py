@@ -137,6 +137,12 @@ class TrainSection(_Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "bf16", description="Mixed precision on GPU; a CPU always trains in fp32 (a warning says so).")
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        # YAML 1.1 reads a bare `no` (in a preset or `--set train.mixed_precision=no`) as False.
+        return "no" if v is False else v
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward "
                                          "pass: much less memory, ~20-30% slower.")
     seed: int = Field(42, description="Random seed (data order, augmentation, noise, LoRA init).")

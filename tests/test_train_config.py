@@ -148,3 +148,8 @@ def test_checkpoint_atomic_prune_and_disk_check(tmp_path):
     with pytest.raises(ck.CheckpointError, match="Not enough free disk space"):
         ck.save_checkpoint(tmp_path, 14, writer, need_bytes=1 << 60)
     assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [4, 6]
+
+
+def test_mixed_precision_no_survives_yaml():
+    cfg = load_config(preset="portrait", overrides=["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"

@@ -187,7 +187,7 @@ def test_train_cancel_resume_compare_and_generate(home, tiny_models, page, clean
             box.fill(str(val))
             box.press("Enter")
         page.locator("#gen-button").click()
-        wait_until(lambda: "✅" in page.locator("#gen-status").inner_text(), 180, "generation")
+        wait_until(lambda: "Done:" in page.locator("#gen-status").inner_text(), 180, "generation")
         assert page.locator("#gen-gallery img").count() >= 1
         gallery_pngs = list((home / "gallery").rglob("*.png"))
         assert gallery_pngs
