@@ -153,3 +153,12 @@ def test_checkpoint_atomic_prune_and_disk_check(tmp_path):
 def test_mixed_precision_no_survives_yaml():
     cfg = load_config(preset="portrait", overrides=["train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+
+
+def test_set_takes_several_pairs_and_repeats():
+    from studio.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--dataset", "d", "--out", "o", "--set",
+                                      "train.learning_rate=2e-4", "lora.rank=8", "--set",
+                                      "data.resolution=512"])
+    assert args.overrides == ["train.learning_rate=2e-4", "lora.rank=8", "data.resolution=512"]

@@ -36,8 +36,10 @@ def add_cli(sub) -> None:
                    "checkpoints/, samples/ and the final LoRA")
     p.add_argument("--preset", help="preset name (presets/NAME.yaml) or YAML path")
     p.add_argument("--config", help="full or partial config YAML (e.g. RUN/config.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. train.learning_rate=2e-4 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. --set train.learning_rate=2e-4 lora.rank=8 "
+                        "(repeatable)")
     p.add_argument("--base", help="SDXL base model: Hub id or local folder")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
