@@ -25,29 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Public configs of stabilityai/stable-diffusion-xl-base-1.0 (unet/, vae/ = fp16-fix VAE,
-# text_encoder/ = CLIP ViT-L/14, text_encoder_2/ = OpenCLIP ViT-bigG/14, scheduler/).
-UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
-VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024, scaling_factor=0.13025,
-    force_upcast=False,  # madebyollin/sdxl-vae-fp16-fix
-)
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-              projection_dim=768)
-CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
-                 projection_dim=1280)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Public configs of SDXL base 1.0, shared with the generation benchmark.
+from sdxl_random import CLIP_BIGG, CLIP_L, VAE  # noqa: E402
+from sdxl_random import UNET_BASE as UNET  # noqa: E402
+
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                  beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1,
                  prediction_type="epsilon")
