@@ -18,6 +18,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from studio import config as cfgmod
 from studio.train.monitor import (
     RunView,
     format_duration,
@@ -38,14 +39,6 @@ SKIP_FIELDS = {"output_dir", "data.dataset"}
 
 
 # ---- config <-> widgets ---------------------------------------------------------------------
-def _config_api():
-    try:
-        from studio import config as cfgmod
-    except ImportError:
-        return None
-    return cfgmod
-
-
 def config_fields(model_cls) -> list[tuple[str, list[tuple[str, Any]]]]:
     """[(section, [(dotted key, FieldInfo), ...]), ...] for a TrainConfig-like pydantic model:
     nested models become sections, top-level scalars go to a "general" section."""
@@ -138,9 +131,6 @@ def overrides_from_widgets(keys: list[tuple[str, str]], values: list[Any],
 
 
 def preset_values(preset: str | None) -> dict[str, Any]:
-    cfgmod = _config_api()
-    if cfgmod is None:
-        return {}
     try:
         return flatten(cfgmod.load_config(preset=preset or None).model_dump(mode="json"))
     except ValueError:
@@ -149,8 +139,7 @@ def preset_values(preset: str | None) -> dict[str, Any]:
 
 def preset_note(preset: str | None) -> str:
     """The comment block at the top of a preset file (what it is for)."""
-    cfgmod = _config_api()
-    if cfgmod is None or not preset:
+    if not preset:
         return ""
     try:
         text = cfgmod.preset_path(preset).read_text(encoding="utf-8")
@@ -257,9 +246,6 @@ def trigger_prompt(run_dir: str | Path) -> str:
 
 
 def estimate_markdown(ctx: AppContext, preset: str | None, overrides: list[str]) -> str:
-    cfgmod = _config_api()
-    if cfgmod is None:
-        return "Estimated time: unknown (the trainer is not installed)."
     try:
         cfg = cfgmod.load_config(preset=preset or None, overrides=overrides)
     except ValueError as exc:
@@ -282,8 +268,7 @@ def estimate_markdown(ctx: AppContext, preset: str | None, overrides: list[str])
 def build(ctx: AppContext) -> dict:
     runner = get_runner(ctx.workspace, env=ctx.environment(), base=ctx.base)
     runner.start_scheduler()
-    cfgmod = _config_api()
-    presets = cfgmod.list_presets() if cfgmod else []
+    presets = cfgmod.list_presets()
     default_preset = "portrait" if "portrait" in presets else (presets[0] if presets else None)
     widget_keys: list[tuple[str, str]] = []
     widgets: list[gr.components.Component] = []
@@ -294,9 +279,6 @@ def build(ctx: AppContext) -> dict:
     with gr.Tab("Train", id="train"):
         if not can_train:
             gr.Markdown(f"**Training is not available here.** {why_not}", elem_id="train-unavailable")
-        if cfgmod is None:
-            gr.Markdown("⚠️ The trainer is not installed in this build; runs can be viewed but "
-                        "not started.")
         with gr.Row():
             with gr.Column(scale=2):
                 gr.Markdown("### 1. Dataset")
@@ -317,21 +299,20 @@ def build(ctx: AppContext) -> dict:
                     gr.Markdown("Every training setting, with the preset's values filled in; "
                                 "only the ones you change are applied on top of the preset.")
                     values = preset_values(default_preset)
-                    if cfgmod is not None:
-                        for section, items in config_fields(cfgmod.TrainConfig):
-                            with gr.Accordion(section, open=False):
-                                for key, info in items:
-                                    kind, extra = _kind(info.annotation)
-                                    widgets.append(_make_widget(key, kind, extra, info,
-                                                                values.get(key)))
-                                    widget_keys.append((key, kind))
+                    for section, items in config_fields(cfgmod.TrainConfig):
+                        with gr.Accordion(section, open=False):
+                            for key, info in items:
+                                kind, extra = _kind(info.annotation)
+                                widgets.append(_make_widget(key, kind, extra, info,
+                                                            values.get(key)))
+                                widget_keys.append((key, kind))
                     extra_overrides = gr.Textbox(
                         label="Extra overrides", lines=3, elem_id="train-overrides",
                         placeholder="train.learning_rate=2e-4\ndata.resolution=768",
                         info="One dotted key=value per line, applied last.")
                 estimate = gr.Markdown(elem_id="train-estimate")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start",
-                                  interactive=cfgmod is not None and can_train)
+                                  interactive=can_train)
                 start_status = gr.Markdown(elem_id="train-start-status")
             with gr.Column(scale=3):
                 with gr.Row():
