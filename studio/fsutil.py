@@ -63,19 +63,26 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(fh.fileno())
 
 
+def parse_json_lines(lines) -> list[dict]:
+    """JSON objects from lines (str or bytes); blank, torn or non-object lines are skipped."""
+    out: list[dict] = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a line torn by a kill mid-write
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file; a torn last line (killed mid-write) is skipped."""
-    out: list[dict] = []
     p = Path(path)
     if not p.exists():
-        return out
-    with open(p, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+        return []
+    with open(p, "rb") as fh:
+        return parse_json_lines(fh)

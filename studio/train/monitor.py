@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.fsutil import parse_json_lines
 from studio.train.runner import LOG_NAME, process_alive
 
 log = logging.getLogger(__name__)
@@ -126,18 +127,7 @@ class RunMonitor:
         data = self._pending + data
         lines = data.split(b"\n")
         self._pending = lines.pop()  # b"" when the data ended with a newline
-        out = []
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                log.debug("skipping a bad line in %s", path)
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
+        out = parse_json_lines(lines)
         return out
 
     def _apply(self, ev: dict) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from studio.fsutil import atomic_write_text
+from studio.fsutil import atomic_write_text, parse_json_lines
 from studio.workspace import Workspace, WorkspaceError, safe_name, slugify
 
 log = logging.getLogger(__name__)
@@ -169,24 +169,13 @@ def process_alive(pid: int | None, start_token: str | None = None) -> bool:
 
 # ---- run folder reading (no monitor import: keep this module small) ---------------------------
 def _read_events_from(path: Path, offset: int = 0) -> list[dict]:
-    out: list[dict] = []
     try:
         with open(path, "rb") as fh:
             fh.seek(max(0, offset))
             data = fh.read()
     except OSError:
-        return out
-    for line in data.split(b"\n"):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue  # a torn last line
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
+        return []
+    return parse_json_lines(data.split(b"\n"))
 
 
 def _file_size(path: Path) -> int:
