@@ -87,6 +87,11 @@ def test_valid_key_gets_image_and_usage_counts_it(server, store):
         assert im.size == (64, 64) and im.format == "PNG"
         assert json.loads(im.text["studio"])["seed"] == 1
     assert img["seed"] == 1 and img["params"]["prompt"] == SMALL["prompt"]
+    # no server path leaves the host: the tiny base folder is reported by its name only
+    assert img["params"]["base_model"] == "base"
+    with Image.open(io.BytesIO(png)) as im:
+        assert "Model: base," in im.text["parameters"]
+        assert json.loads(im.text["studio"])["base_model"] == "base"
     assert data["usage"]["images"] == before + 1
     assert usage(server, key)["key"]["images"] == before + 1
     # the same seed and settings give the same pixels

@@ -17,6 +17,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -32,7 +33,7 @@ from studio.api.keys import ApiKey, KeyStore, RateLimited
 from studio.generate.engine import MAX_SEED, GenerationError, GenerationRequest, get_generator
 from studio.generate.gallery import Gallery, png_bytes
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from studio.models import ModelLoadError
+from studio.models import LORA_FILE, ModelLoadError, looks_like_path
 from studio.workspace import Workspace, WorkspaceError, safe_name
 
 log = logging.getLogger(__name__)
@@ -399,14 +400,28 @@ def create_api(workspace: Workspace, *, base: str | None = None, refiner: str | 
             log.exception("API generation failed")
             raise ApiError(500, "generation_failed", "Generation failed unexpectedly; the "
                            "server log has the details.") from None
-        encoded = [png_bytes(r.image, r.params) for r in results]
         if save:
             gallery = Gallery(workspace.gallery_dir)
             for r in results:
-                gallery.add(r.image, r.params)
+                gallery.add(r.image, r.params)  # the local gallery keeps the full sources
+        for r in results:
+            r.params = public_params(r.params)
+        encoded = [png_bytes(r.image, r.params) for r in results]
         return results, encoded
 
     return app
+
+
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Image parameters for API clients: model sources that are server folders or files are
+    reduced to their name (a run's LoRA to the run name), so no server path leaves the host."""
+    out = dict(params)
+    for key in ("base_model", "refiner", "lora"):
+        value = out.get(key)
+        if isinstance(value, str) and looks_like_path(value):
+            p = Path(value)
+            out[key] = p.parent.name if p.name == LORA_FILE else p.name
+    return out
 
 
 def _wants_png(accept: str) -> bool:
