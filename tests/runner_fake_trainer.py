@@ -8,7 +8,8 @@ the browser acceptance test.
     python tests/runner_fake_trainer.py --config RUN/config.yaml --dataset DIR --out RUN
         [--resume latest]
 
-config.yaml: {steps: N, sleep: seconds per step, ckpt_every: K}
+config.yaml: {steps: N, sleep: seconds per step, ckpt_every: K[, exit_sleep: seconds spent
+exiting after the end event]}
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def main() -> int:
             save_ckpt(run, step)
     (run / "pytorch_lora_weights.safetensors").write_bytes(b"fake")
     emit(run, type="end", status="finished", step=step, message="done")
+    # Like CPython's shutdown (which puts the default signal handlers back), a process that
+    # has ended its run can still be killed by a late SIGTERM while it exits.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(cfg.get("exit_sleep", 0.0))
     return 0
 
 

@@ -134,6 +134,23 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_the_steps(runner, datase
     assert [p.step for p in view.loss] == list(range(1, 31))
 
 
+def test_a_run_that_ended_is_finished_even_if_a_late_signal_kills_its_exit(runner, dataset):
+    """A cancel clicked while a finished trainer is exiting must not turn it into a cancelled
+    (or failed) run: the LoRA is saved and the end event says so."""
+    job = runner.submit(dataset, run_name="late",
+                        config_text=cfg(3, 0.02, 100) + "exit_sleep: 30\n")
+    runner.reconcile()
+    wait_for(lambda: '"status": "finished"' in (Path(job.run_dir) / "events.jsonl").read_text()
+             if (Path(job.run_dir) / "events.jsonl").exists() else False, what="the end event")
+    with pytest.raises(JobError, match="already finished; there is nothing to cancel"):
+        runner.cancel(job.id)
+    assert runner.get(job.id).state == "running"  # still exiting, not signalled
+    os.killpg(runner.get(job.id).pgid, signal.SIGTERM)  # a late signal from elsewhere
+    done = runner.wait(job.id, timeout=30)
+    assert done.exit_code == -signal.SIGTERM
+    assert done.state == "finished" and not done.resumable and done.error is None
+
+
 def test_cancelling_a_queued_job_never_starts_it(runner, dataset):
     a = runner.submit(dataset, run_name="a", config_text=cfg(4))
     b = runner.submit(dataset, run_name="b", config_text=cfg(4))

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 EXIT_CANCELLED = 3  # the trainer's exit code after a SIGTERM/SIGINT and a saved checkpoint
+_ENDED = {"finished": "finished", "cancelled": "been cancelled", "failed": "failed"}
 LOG_NAME = "train.log"
 # The command that takes the ``train`` CLI's arguments; None means ``python -m studio train``
 # (or ``accelerate launch ... -m studio train`` with several GPUs).
@@ -404,6 +405,10 @@ class Runner:
                 conn.execute("UPDATE jobs SET state='cancelled', ended=?, resumable=1 WHERE id=?",
                              (time.time(), job.id))
             elif job.state == "running":
+                end = end_event(job.run_dir, job.events_offset)
+                if end is not None:  # the trainer already ended (it is only exiting): no signal
+                    raise JobError(f"Job {job.id} has already {_ENDED.get(end.get('status'), 'ended')}"
+                                   "; there is nothing to cancel.")
                 if job.cancel_requested is None:
                     conn.execute("UPDATE jobs SET cancel_requested=? WHERE id=?",
                                  (time.time(), job.id))
@@ -486,12 +491,15 @@ class Runner:
 
     def _outcome(self, job: Job, exit_code: int | None) -> tuple[str, bool, str | None]:
         end = end_event(job.run_dir, job.events_offset)
+        status = end.get("status") if end is not None else None
+        # The run's own end event wins over the exit code: a trainer that saved its LoRA and
+        # wrote "finished" is finished even when a late signal (a cancel clicked as it was
+        # exiting) ended its process with a non-zero code.
+        if status == "finished":
+            return "finished", False, None
+        if status == "cancelled":
+            return "cancelled", True, None
         if exit_code is None and end is not None:  # not our child: the run says how it ended
-            status = end.get("status")
-            if status == "finished":
-                return "finished", False, None
-            if status == "cancelled":
-                return "cancelled", True, None
             return "failed", True, failure_cause(job.run_dir, None, job.events_offset,
                                                  job.log_offset)
         if exit_code == 0:
