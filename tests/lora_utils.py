@@ -40,3 +40,34 @@ def make_tiny_lora(base_dir: Path, out_dir: Path, rank: int = 4, alpha: float = 
     kohya_file = out_dir / "lora_kohya.safetensors"
     save_file(kohya, str(kohya_file))
     return {"diffusers": out_dir / "pytorch_lora_weights.safetensors", "kohya": kohya_file}
+
+
+_PARAM = ((".lora_A.weight", "lora_A"), (".lora_B.weight", "lora_B"),
+          (".lora.down.weight", "lora_A"), (".lora.up.weight", "lora_B"),
+          (".lora_linear_layer.down.weight", "lora_A"), (".lora_linear_layer.up.weight", "lora_B"))
+
+
+def assert_every_lora_tensor_loaded(pipe, lora_file: Path, adapter: str) -> int:
+    """Every LoRA matrix in ``lora_file`` must sit, unchanged, in the pipeline's peft layers
+    after ``load_lora_weights(..., adapter_name=adapter)``: diffusers skips keys it does not
+    understand with only a warning, so "the image changed" alone does not prove a whole load."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(lora_file))
+    checked, missing = 0, []
+    for key, value in sd.items():
+        component, _, rest = key.partition(".")
+        match = next(((sfx, prm) for sfx, prm in _PARAM if rest.endswith(sfx)), None)
+        if match is None:
+            continue
+        module_path, param = rest[: -len(match[0])], match[1]
+        module = getattr(pipe, component).get_submodule(module_path)
+        layers = getattr(module, param, None)
+        if layers is None or adapter not in layers:
+            missing.append(key)
+            continue
+        assert torch.equal(layers[adapter].weight.detach().cpu().float().reshape(value.shape),
+                           value.float()), key
+        checked += 1
+    assert not missing, f"{len(missing)} LoRA tensors were not loaded, e.g. {missing[:3]}"
+    return checked

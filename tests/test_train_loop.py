@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 from _train_support import fast_overrides, make_dataset
+from lora_utils import assert_every_lora_tensor_loaded
+from safetensors.torch import load_file
 
 from studio.config import load_config
 from studio.train.events import read_events
@@ -75,6 +77,9 @@ def test_lora_loads_and_changes_output(trained, tiny_models):
     pipe.set_progress_bar_config(disable=True)
     plain = _image(pipe)
     pipe.load_lora_weights(str(run), weight_name="pytorch_lora_weights.safetensors", adapter_name="d")
+    # Attention, projections, FF and resnet convs: every trained matrix is in the pipeline.
+    n = assert_every_lora_tensor_loaded(pipe, run / "pytorch_lora_weights.safetensors", "d")
+    assert n == len(load_file(str(run / "pytorch_lora_weights.safetensors")))
     assert np.abs(_image(pipe) - plain).max() > 1e-2
     pipe.unload_lora_weights()
     np.testing.assert_allclose(_image(pipe), plain, atol=1e-5)
@@ -102,6 +107,7 @@ def test_text_encoder_lora_and_kohya_file_match_diffusers(tmp_path, tiny_models,
     pipe.set_progress_bar_config(disable=True)
     plain = _image(pipe)
     pipe.load_lora_weights(str(run), weight_name="pytorch_lora_weights.safetensors", adapter_name="d")
+    assert_every_lora_tensor_loaded(pipe, run / "pytorch_lora_weights.safetensors", "d")
     with_diffusers = _image(pipe)
     assert np.abs(with_diffusers - plain).max() > 1e-3
     pipe.unload_lora_weights()

@@ -455,21 +455,25 @@ class Trainer:
         return out
 
     def save_lora(self, folder: Path) -> Path:
-        """Write ``pytorch_lora_weights.safetensors`` (diffusers format + adapter metadata)."""
+        """Write ``pytorch_lora_weights.safetensors`` (diffusers layout + adapter metadata).
+
+        The tensors keep peft's ``lora_A``/``lora_B`` names. diffusers' older
+        ``convert_state_dict_to_diffusers`` renames only the attention projections
+        (``to_q.lora.down``...), so with any other target (conv1, proj_in, ff.net.2...) the file
+        mixes both spellings, diffusers' loader takes it for a peft file, and the attention
+        layers are silently skipped at load time. One spelling for every key loads whole."""
         from diffusers import StableDiffusionXLPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
 
         states = self._peft_states()
         unwrap = self.acc.unwrap_model
         kwargs: dict[str, Any] = {
-            "unet_lora_layers": convert_state_dict_to_diffusers(
-                {k: v.detach().float().cpu() for k, v in states["unet"].items()}),
+            "unet_lora_layers": {k: v.detach().float().cpu() for k, v in states["unet"].items()},
             "unet_lora_adapter_metadata": unwrap(self.unet).peft_config["default"].to_dict(),
         }
         if self.cfg.lora.train_text_encoder:
             for name, te in zip(("text_encoder", "text_encoder_2"), self.text_encoders, strict=True):
-                kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                    {k: v.detach().float().cpu() for k, v in states[name].items()})
+                kwargs[f"{name}_lora_layers"] = {k: v.detach().float().cpu()
+                                                 for k, v in states[name].items()}
                 kwargs[f"{name}_lora_adapter_metadata"] = unwrap(te).peft_config["default"].to_dict()
         StableDiffusionXLPipeline.save_lora_weights(str(folder), weight_name=LORA_FILE, **kwargs)
         return folder / LORA_FILE
