@@ -71,3 +71,31 @@ def assert_every_lora_tensor_loaded(pipe, lora_file: Path, adapter: str) -> int:
         checked += 1
     assert not missing, f"{len(missing)} LoRA tensors were not loaded, e.g. {missing[:3]}"
     return checked
+
+
+def make_mixed_spelling_lora(base_dir: Path, out_dir: Path, seed: int = 3) -> dict[str, Path]:
+    """The same random LoRA (attention + resnet convs) saved twice: as diffusers' own SDXL
+    scripts save it (``convert_state_dict_to_diffusers``: attention keys become ``lora.down``,
+    the convs stay ``lora_A``) and with peft's spelling only. Returns {"mixed", "clean"}."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0", "conv1"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    peft_sd = get_peft_model_state_dict(unet)
+    meta = unet.peft_config["default"].to_dict()
+    out = {}
+    for kind, sd in (("mixed", convert_state_dict_to_diffusers(peft_sd)), ("clean", peft_sd)):
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
+        StableDiffusionXLPipeline.save_lora_weights(out_dir / kind, unet_lora_layers=sd,
+                                                    unet_lora_adapter_metadata=meta)
+        out[kind] = out_dir / kind / "pytorch_lora_weights.safetensors"
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lora_utils import make_tiny_lora
+from lora_utils import make_mixed_spelling_lora, make_tiny_lora
 from PIL import Image
 
 from studio.generate.engine import GenerationError, GenerationRequest, Generator
@@ -118,6 +118,28 @@ def test_lora_folder_resolves_to_its_weights_file(gen, lora_files):
     folder = lora_files["diffusers"].parent
     assert np.array_equal(pixels(gen, lora=str(folder)),
                           pixels(gen, lora=str(lora_files["diffusers"])))
+
+
+def test_lora_with_mixed_key_spellings_loads_whole(gen, tiny_models, tmp_path, monkeypatch):
+    """A LoRA saved the way diffusers' SDXL scripts save non-attention targets (attention keys
+    ``lora.down``, convs ``lora_A``) gives the same image as the same weights spelled one way,
+    from a repaired copy made once; the user's file is left as it was."""
+    from safetensors import safe_open
+
+    from studio.generate.lora_keys import mixed_spelling
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    files = make_mixed_spelling_lora(tiny_models["base"], tmp_path / "loras")
+    with safe_open(str(files["mixed"]), "pt") as fh:
+        assert mixed_spelling(fh.keys())
+    before = files["mixed"].read_bytes()
+    clean = pixels(gen, lora=str(files["clean"]))
+    assert np.abs(clean - pixels(gen)).mean() > 1.0
+    assert np.abs(pixels(gen, lora=str(files["mixed"])) - clean).max() <= 1
+    repaired = list((tmp_path / "home" / "models" / "lora-repaired").rglob("*.safetensors"))
+    assert len(repaired) == 1 and files["mixed"].read_bytes() == before
+    with safe_open(str(repaired[0]), "pt") as fh:
+        assert not mixed_spelling(fh.keys()) and "lora_adapter_metadata" in fh.metadata()
 
 
 @pytest.mark.parametrize("kw, words", [

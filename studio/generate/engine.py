@@ -147,8 +147,13 @@ class Generator:
         if name is None:
             name = f"lora_{next(_ADAPTER_IDS)}"
             try:
-                pipe.load_lora_weights(str(ref.path), weight_name=ref.weight_name,
-                                       adapter_name=name)
+                from studio.generate.lora_keys import loadable_lora
+
+                folder, weight = ref.path, ref.weight_name
+                if weight:  # one key spelling, or diffusers would load only part of it
+                    use = loadable_lora(file)
+                    folder, weight = use.parent, use.name
+                pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else \
                     type(exc).__name__
