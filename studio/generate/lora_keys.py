@@ -19,22 +19,14 @@ from studio.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-_OLD_TO_PEFT = ((".lora.down.weight", ".lora_A.weight"), (".lora.up.weight", ".lora_B.weight"))
+_OLD = (".lora.down.weight", ".lora.up.weight")
 _PEFT = (".lora_A.weight", ".lora_B.weight")
 
 
 def mixed_spelling(keys) -> bool:
     """True when some keys use ``lora.down``/``lora.up`` and others ``lora_A``/``lora_B``."""
     keys = list(keys)
-    old = any(k.endswith(tuple(o for o, _ in _OLD_TO_PEFT)) for k in keys)
-    return old and any(k.endswith(_PEFT) for k in keys)
-
-
-def _peft_key(key: str) -> str:
-    for old, new in _OLD_TO_PEFT:
-        if key.endswith(old):
-            return key[: -len(old)] + new
-    return key
+    return any(k.endswith(_OLD) for k in keys) and any(k.endswith(_PEFT) for k in keys)
 
 
 def default_cache_dir() -> Path:
@@ -60,9 +52,10 @@ def loadable_lora(file: Path, cache_dir: Path | None = None) -> Path:
     out = (cache_dir or default_cache_dir()) / tag / file.name
     if out.is_file():
         return out
+    from diffusers.utils import convert_unet_state_dict_to_peft
     from safetensors.torch import load_file, save_file
 
-    tensors = {_peft_key(k): v for k, v in load_file(str(file)).items()}
+    tensors = convert_unet_state_dict_to_peft(load_file(str(file)))
     atomic_write(out, lambda p: save_file(tensors, str(p), metadata=metadata))
     log.warning("The LoRA %s mixes two key spellings (lora.down and lora_A), which diffusers would "
                 "load only in part; using a repaired copy: %s", file.name, out)
