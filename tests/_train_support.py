@@ -58,16 +58,20 @@ def studio_train(*args: str, extra_env: dict | None = None, **kw) -> subprocess.
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def wait_for(pred, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+def wait_for(pred, timeout: float = 30.0, proc: subprocess.Popen | None = None, what: str = "condition",
+             interval: float = 0.2, detail=None):
+    """Poll ``pred`` until it returns something truthy (returned) or ``timeout`` passes. With
+    ``proc``, fail at once when that process exits; ``detail()`` adds context to the failure."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if pred():
-            return
+        value = pred()
+        if value:
+            return value
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"process exited ({proc.returncode}) waiting for {what}:\n{err[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
 def steps_of(events: list[dict]) -> list[int]:

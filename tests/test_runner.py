@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from _train_support import wait_for as _wait_for
 
 from studio.train.monitor import RunMonitor
 from studio.train.runner import (
@@ -22,6 +23,8 @@ from studio.train.runner import (
     proc_start_token,
     process_alive,
 )
+
+wait_for = functools.partial(_wait_for, interval=0.05)
 
 FAKE = str(Path(__file__).with_name("runner_fake_trainer.py"))
 
@@ -54,16 +57,6 @@ def steps_of(run_dir) -> list[int]:
         return []
     evs = [json.loads(x) for x in (Path(run_dir) / "events.jsonl").read_text().splitlines()]
     return [e["step"] for e in evs if e["type"] == "step"]
-
-
-def wait_for(pred, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_second_job_waits_in_the_queue_and_starts_after_the_first(runner, dataset):

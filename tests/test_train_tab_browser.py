@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _train_support import wait_for
 from conftest import start_app
 
 pytestmark = pytest.mark.browser
@@ -65,14 +66,8 @@ def current_step(page) -> int:
 
 
 def wait_until(pred, timeout=120.0, what="condition", page=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    detail = f"\nstatus: {status_text(page)}" if page is not None else ""
-    raise AssertionError(f"timed out waiting for {what}{detail}")
+    detail = (lambda: f"status: {status_text(page)}") if page is not None else None
+    return wait_for(pred, timeout, what=what, interval=0.5, detail=detail)
 
 
 def jobs(home: Path) -> list[dict]:
