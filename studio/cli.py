@@ -9,29 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from studio.errors import StudioError, first_line
+
 log = logging.getLogger("studio")
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is meant for the user as it is (printed without traceback)."""
-    from studio.generate.engine import GenerationError
-    from studio.models import ModelLoadError
-    from studio.workspace import WorkspaceError
-
-    extra: list[type[BaseException]] = [ModelLoadError, GenerationError, WorkspaceError]
-    for mod, name in _EXTRA_USER_ERRORS:
-        try:
-            extra.append(getattr(__import__(mod, fromlist=[name]), name))
-        except Exception:  # pragma: no cover - optional module missing
-            pass
-    return tuple(extra)
-
-
-# (module, exception class) pairs registered by feature modules.
-_EXTRA_USER_ERRORS: list[tuple[str, str]] = []
-
 
 # ---- tiny-models ------------------------------------------------------------------------------
 def _add_tiny(sub) -> None:
@@ -120,12 +104,10 @@ def _load_feature_commands() -> None:
             continue
         if hasattr(m, "add_cli") and m.add_cli not in COMMANDS:
             COMMANDS.append(m.add_cli)
-        for err in getattr(m, "USER_ERRORS", []):
-            _EXTRA_USER_ERRORS.append((mod, err))
 
 
-# Modules providing ``add_cli(subparsers)`` and optional ``USER_ERRORS`` (class names).
-_FEATURE_MODULES: list[str] = ["studio.dataset.cli", "studio.train.cli", "studio.train.runner",
+# Modules providing ``add_cli(subparsers)``.
+_FEATURE_MODULES: list[str] = ["studio.dataset.cli", "studio.train.cli", "studio.jobs.runner",
                                "studio.share.hub", "studio.api.keys"]
 
 
@@ -154,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except _user_errors() as exc:
+    except StudioError as exc:  # one sentence for the user; --debug adds the traceback
         if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2

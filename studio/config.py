@@ -19,12 +19,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from studio.errors import StudioError
+
 log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(StudioError, ValueError):
     """A bad training setting; ``str(err)`` is one line naming the key."""
 
 

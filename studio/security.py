@@ -11,6 +11,8 @@ import os
 import warnings
 from pathlib import Path
 
+from studio.errors import StudioError
+
 log = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -19,7 +21,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_IMAGE_PIXELS = 100_000_000
 
 
-class SecurityError(ValueError):
+class SecurityError(StudioError, ValueError):
     """A serving configuration that is refused (one sentence saying why and what to do)."""
 
 

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from studio.errors import StudioError
+
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -37,7 +39,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 SUBDIRS = ("datasets", "runs", "gallery", "exports", "models", "tmp")
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(StudioError, ValueError):
     """A user-supplied name or path that is not allowed."""
 
 

@@ -126,7 +126,7 @@ def test_lora_with_mixed_key_spellings_loads_whole(gen, tiny_models, tmp_path, m
     from a repaired copy made once; the user's file is left as it was."""
     from safetensors import safe_open
 
-    from studio.generate.lora_keys import mixed_spelling
+    from studio.lora.keys import mixed_spelling
 
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
     files = make_mixed_spelling_lora(tiny_models["base"], tmp_path / "loras")

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from _train_support import wait_for as _wait_for
 
-from studio.train.monitor import RunMonitor
-from studio.train.runner import (
+from studio.jobs.runner import (
     JobError,
     Runner,
     failure_cause,
@@ -23,6 +22,7 @@ from studio.train.runner import (
     proc_start_token,
     process_alive,
 )
+from studio.runs.monitor import RunMonitor
 
 wait_for = functools.partial(_wait_for, interval=0.05)
 
@@ -197,7 +197,7 @@ def test_training_survives_the_app_being_killed_and_is_readopted(workspace, data
     app.write_text(
         "import sys, time\n"
         "from studio.workspace import Workspace\n"
-        "from studio.train.runner import Runner\n"
+        "from studio.jobs.runner import Runner\n"
         f"r = Runner(Workspace(sys.argv[1]), trainer_cmd=[sys.executable, {FAKE!r}])\n"
         f"j = r.submit(sys.argv[2], run_name='long', config_text={cfg(40, 0.05, 10)!r})\n"
         "r.start_scheduler(0.2)\n"
@@ -275,7 +275,7 @@ def test_submit_rejects_bad_input_in_one_sentence(runner, dataset, tmp_path):
 
 
 def test_jobs_cli_lists_cancels_and_resumes(runner, dataset, home, capsys, monkeypatch):
-    import studio.train.runner as runner_mod
+    import studio.jobs.runner as runner_mod
     from studio.cli import main
 
     monkeypatch.setattr(runner_mod, "DEFAULT_TRAINER_CMD", [sys.executable, FAKE])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from studio.train.monitor import RunMonitor, ema, format_duration, measured_seconds_per_step
+from studio.runs.monitor import RunMonitor, ema, format_duration, measured_seconds_per_step
 
 
 def write(path, *events, torn: str = ""):

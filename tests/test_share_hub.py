@@ -323,7 +323,8 @@ def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir,
     import numpy as np
 
     from studio.generate.engine import GenerationRequest
-    from studio.models import ModelLoadError, resolve_lora
+    from studio.lora.refs import resolve_lora
+    from studio.models import ModelLoadError
 
     push_run(run_dir, "alice/me-lora")  # private: the download needs the token
     ref = resolve_lora("alice/me-lora")

@@ -105,7 +105,7 @@ def test_cli_bad_set_and_resume_without_checkpoint(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: train.learnin_rate: unknown setting"]
     # the failure is also an event for the UI
-    from studio.train.events import read_events
+    from studio.runs.events import read_events
 
     ev = read_events(run)
     assert [e["type"] for e in ev] == ["error", "end"] and ev[1]["status"] == "failed"
@@ -123,7 +123,7 @@ def test_cli_bad_set_and_resume_without_checkpoint(tmp_path):
 
 
 def test_checkpoint_atomic_prune_and_disk_check(tmp_path):
-    from studio.train import checkpoint as ck
+    from studio.runs import checkpoints as ck
 
     def writer(d: Path):
         (d / ck.STATE_FILE).write_bytes(b"x")

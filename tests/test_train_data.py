@@ -10,14 +10,9 @@ from _train_support import make_dataset
 from PIL import Image
 
 from studio.config import load_config
-from studio.train.data import (
-    DatasetError,
-    EpochSampler,
-    TrainDataset,
-    example_prompts,
-    load_dataset,
-    transform,
-)
+from studio.dataset import DatasetError
+from studio.dataset.sources import load_dataset
+from studio.train.data import EpochSampler, TrainDataset, example_prompts, transform
 
 
 def test_prepared_dataset_imagefolder_and_txt_captions(tmp_path):

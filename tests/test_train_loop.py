@@ -11,7 +11,7 @@ from lora_utils import assert_every_lora_tensor_loaded
 from safetensors.torch import load_file
 
 from studio.config import load_config
-from studio.train.events import read_events
+from studio.runs.events import read_events
 from studio.train.trainer import TrainingError, train
 
 WIDE = "lora.target_modules=[to_k,to_q,to_v,to_out.0,proj_in,proj_out,ff.net.2,conv1,conv2]"

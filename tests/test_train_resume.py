@@ -9,8 +9,8 @@ import sys
 import pytest
 from _train_support import ROOT, env, make_dataset, steps_of, studio_train, wait_for
 
-from studio.train.checkpoint import list_checkpoints
-from studio.train.events import read_events
+from studio.runs.checkpoints import list_checkpoints
+from studio.runs.events import read_events
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from studio.errors import StudioError
 from studio.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ CREATE INDEX IF NOT EXISTS api_keys_lookup ON api_keys(lookup);
 """
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(StudioError, ValueError):
     """A key-management request the user must change (one sentence)."""
 
 
@@ -229,7 +230,6 @@ def _row(r) -> ApiKey:
 
 
 # ---- CLI ------------------------------------------------------------------------------------
-USER_ERRORS = ["ApiKeyError"]
 
 
 def add_cli(sub) -> None:

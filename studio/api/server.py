@@ -33,7 +33,8 @@ from studio.api.keys import ApiKey, KeyStore, RateLimited
 from studio.generate.engine import MAX_SEED, GenerationError, GenerationRequest, get_generator
 from studio.generate.gallery import Gallery, png_bytes
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from studio.models import LORA_FILE, ModelLoadError, looks_like_path
+from studio.lora.formats import DIFFUSERS_FILE as LORA_FILE
+from studio.models import ModelLoadError, looks_like_path
 from studio.workspace import Workspace, WorkspaceError, safe_name
 
 log = logging.getLogger(__name__)

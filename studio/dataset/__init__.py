@@ -5,6 +5,8 @@ Nothing here imports Gradio; the CLI (``python -m studio prepare``) and the Data
 :func:`studio.dataset.pipeline.prepare_dataset` and :mod:`studio.dataset.store`.
 """
 
+from studio.errors import StudioError
 
-class DatasetError(ValueError):
+
+class DatasetError(StudioError, ValueError):
     """A user-facing dataset problem; ``str(err)`` is one sentence saying what to do."""

@@ -5,11 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.dataset import DatasetError
-from studio.dataset.faces import DEFAULT_FRAMING, DETECTOR_CHOICES, FRAMING_CHOICES, FaceDetectorError
-
-USER_ERRORS = ["DatasetError", "FaceDetectorError"]
-__all__ = ["DatasetError", "FaceDetectorError", "add_cli", "USER_ERRORS"]
+from studio.dataset.faces import DEFAULT_FRAMING, DETECTOR_CHOICES, FRAMING_CHOICES
 
 
 def add_cli(sub) -> None:

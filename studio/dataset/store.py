@@ -143,6 +143,15 @@ def register(workspace, ds: DatasetInfo) -> None:
                                                             "hash", "framing")})
 
 
+def dataset_identity(folder: str | Path) -> tuple[str | None, str | None]:
+    """(trigger, class word) of a prepared dataset; (None, None) when it is not one."""
+    try:
+        info = open_dataset(folder).info
+    except DatasetError:
+        return None, None
+    return info.get("trigger") or None, info.get("class_word") or None
+
+
 def open_dataset(folder: str | Path) -> DatasetInfo:
     """Read a dataset folder (dataset.json, captions, report)."""
     folder = Path(folder).expanduser()

@@ -21,17 +21,17 @@ from typing import Any
 from PIL import Image
 
 from studio import __version__
+from studio.errors import StudioError
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
+from studio.lora.refs import LoraRef, resolve_lora
 from studio.models import (
     GPU_LOCK,
-    LoraRef,
     ModelLoadError,
     load_refiner,
     load_sdxl_pipeline,
     model_source,
     pick_device,
     pick_dtype,
-    resolve_lora,
 )
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ _PIPE_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ADAPTER_IDS = itertools.count()
 
 
-class GenerationError(ValueError):
+class GenerationError(StudioError, ValueError):
     """A request the user must change (one sentence)."""
 
 
@@ -147,7 +147,7 @@ class Generator:
         if name is None:
             name = f"lora_{next(_ADAPTER_IDS)}"
             try:
-                from studio.generate.lora_keys import loadable_lora
+                from studio.lora.keys import loadable_lora
 
                 folder, weight = ref.path, ref.weight_name
                 if weight:  # one key spelling, or diffusers would load only part of it

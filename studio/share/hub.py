@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]  # (fraction 0..1, what is happening)
 
-USER_ERRORS = ["ShareError"]
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 TOKEN_HELP = ("set HF_TOKEN, run `hf auth login`, or paste a write token "
               "(https://huggingface.co/settings/tokens) in the Share tab")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.errors import StudioError
 from studio.fsutil import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ MAX_SAMPLES = 4
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class ShareError(RuntimeError):
+class ShareError(StudioError, RuntimeError):
     """Sharing failed for a reason the user must fix; ``str(err)`` is one sentence."""
 
 

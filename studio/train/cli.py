@@ -17,14 +17,11 @@ import threading
 from pathlib import Path
 
 from studio.config import ConfigError
-from studio.models import ModelLoadError
-from studio.train.checkpoint import CheckpointError
-from studio.train.data import DatasetError
-from studio.train.trainer import TrainCallbacks, TrainingError
+from studio.errors import StudioError, first_line
+from studio.train.trainer import TrainCallbacks
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = ["ConfigError", "DatasetError", "CheckpointError", "TrainingError"]
 EXIT_CANCELLED = 3
 
 
@@ -82,7 +79,7 @@ def _write_failure(out: str | None, message: str) -> None:
     if not out:
         return
     try:
-        from studio.train.events import EventWriter
+        from studio.runs.events import EventWriter
 
         w = EventWriter(Path(out).expanduser())
         w.error(message)
@@ -124,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks = None if args.no_progress else ProgressBar()
         started = True
         result = Trainer(cfg, callbacks, stop, resume=args.resume).run()
-    except (ConfigError, DatasetError, CheckpointError, TrainingError, ModelLoadError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except StudioError as exc:
+        msg = first_line(exc)
         if not started:
             _write_failure(args.out, msg)
         print(f"error: {msg}", file=sys.stderr)

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.errors import StudioError
 from studio.fsutil import atomic_write, atomic_write_bytes, read_jsonl
-from studio.models import LORA_FILE
+from studio.lora.formats import DIFFUSERS_FILE as LORA_FILE
 
 log = logging.getLogger(__name__)
 
 
-class CompareError(ValueError):
+class CompareError(StudioError, ValueError):
     """A comparison or export request the user must change (one sentence)."""
 
 
@@ -167,7 +168,7 @@ def _reexport_kohya(run_dir: Path, lora: Path) -> None:
     kohya = run_dir / "lora_kohya.safetensors"
     try:
         from studio.config import load_config
-        from studio.train.export import write_kohya
+        from studio.lora.kohya import write_kohya
 
         cfg = load_config(config_path=run_dir / "config.yaml")
         write_kohya(lora, kohya, cfg.lora.lora_alpha)

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from studio.config import ConfigError, TrainConfig, save_config
-from studio.train import checkpoint as ckpt
+from studio.dataset import DatasetError
+from studio.dataset.sources import load_dataset
+from studio.errors import StudioError
+from studio.runs import checkpoints as ckpt
+from studio.runs.events import EventWriter, read_events
 from studio.train.data import (
-    DatasetError,
     EpochSampler,
     TrainDataset,
     class_prompt,
@@ -36,16 +39,14 @@ from studio.train.data import (
     ensure_class_images,
     example_prompts,
     instance_prompt,
-    load_dataset,
 )
-from studio.train.events import EventWriter, read_events
 
 log = logging.getLogger(__name__)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(StudioError, RuntimeError):
     """A training failure meant for the user; ``str()`` is one line."""
 
 
@@ -849,8 +850,9 @@ class Trainer:
         """Final LoRA (diffusers + Kohya), samples, model card and manifest (main process)."""
         if not self.main:
             return
-        from studio.train.card import write_model_card
-        from studio.train.export import write_kohya, write_manifest
+        from studio.lora.kohya import write_kohya
+        from studio.runs.card import write_model_card
+        from studio.runs.manifest import write_manifest
 
         self.save_lora(self.run_dir)
         extra = sorted(set(self.cfg.lora.target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from studio.models import model_source
 from studio.workspace import Workspace
@@ -20,6 +21,25 @@ class AppContext:
     demo: bool = False
     remote: bool = False  # served beyond localhost: hide error details
     notices: list[str] = field(default_factory=list)  # Markdown warnings shown above the tabs
+    # Services made by the composition root (studio.compose); made on first use when absent.
+    jobs: Any = None
+    generation: Any = None
+
+    def job_service(self):
+        """The training-job service of this workspace (one per workspace and process)."""
+        if self.jobs is None:
+            from studio.jobs.service import get_service
+
+            self.jobs = get_service(self.workspace, env=self.environment(), base=self.base)
+        return self.jobs
+
+    def generation_service(self):
+        """The generation service with the operator's models."""
+        if self.generation is None:
+            from studio.generate.service import GenerationService
+
+            self.generation = GenerationService(self.base, self.refiner, self.vae)
+        return self.generation
 
     @property
     def demo_note(self) -> str:

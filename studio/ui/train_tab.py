@@ -1,7 +1,7 @@
 """The Train tab: dataset + preset (+ advanced settings) -> background job; live view of any run;
 checkpoint comparison; hand-off of the LoRA to the Generate tab.
 
-All work happens in the core (studio.train.runner / monitor / compare); this module maps widgets
+All work happens in the core (studio.jobs.runner / monitor / compare); this module maps widgets
 to those calls. Training runs in its own process, so a reload or an app restart loses nothing:
 the live view polls the run folder every 2 s with ``gr.Timer``.
 """
@@ -19,13 +19,13 @@ import pandas as pd
 import yaml
 
 from studio import config as cfgmod
-from studio.train.monitor import (
+from studio.jobs.runner import JobError, Runner, get_runner
+from studio.runs.monitor import (
     RunView,
     format_duration,
     get_monitor,
     measured_seconds_per_step,
 )
-from studio.train.runner import JobError, Runner, get_runner
 from studio.ui.context import AppContext
 from studio.workspace import WorkspaceError, safe_join
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studio.fsutil import append_jsonl, read_jsonl
+from studio.fsutil import append_jsonl, parse_json_lines
 
 EVENTS_FILE = "events.jsonl"
 
@@ -58,6 +58,17 @@ class EventWriter:
         self.emit("end", status=status, step=step, message=message)
 
 
+def read_events_from(path: str | os.PathLike, offset: int = 0) -> list[dict[str, Any]]:
+    """The events of an events file from byte ``offset`` on (a torn last line is skipped)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, int(offset)))
+            data = fh.read()
+    except OSError:
+        return []
+    return parse_json_lines(data.split(b"\n"))
+
+
 def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """All events of a run (a torn last line is skipped)."""
-    return read_jsonl(Path(run_dir) / EVENTS_FILE)
+    return read_events_from(Path(run_dir) / EVENTS_FILE)

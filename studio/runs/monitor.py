@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.fsutil import parse_json_lines
-from studio.train.runner import LOG_NAME, process_alive
+from studio.jobs.runner import LOG_NAME, process_alive
 
 log = logging.getLogger(__name__)
 

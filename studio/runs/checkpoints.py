@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from studio.errors import StudioError
 from studio.fsutil import _fsync_dir
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ _NAME_RE = re.compile(r"^checkpoint-(\d+)$")
 DELAY_ENV = "STUDIO_TEST_CHECKPOINT_DELAY"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StudioError, RuntimeError):
     """A checkpoint problem meant for the user (one sentence)."""
 
 
@@ -39,17 +40,22 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:06d}"
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
+def checkpoint_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every checkpoint folder of a run, complete or not, oldest first."""
     root = Path(run_dir) / CKPT_DIR
     out: list[tuple[int, Path]] = []
     if not root.is_dir():
         return out
     for p in root.iterdir():
         m = _NAME_RE.match(p.name)
-        if m and p.is_dir() and (p / MARKER).is_file():
+        if m and p.is_dir():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run (with the COMPLETE marker), oldest first."""
+    return [(s, p) for s, p in checkpoint_dirs(run_dir) if (p / MARKER).is_file()]
 
 
 def resolve_resume(run_dir: str | os.PathLike, spec: str) -> Path:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from studio.errors import StudioError
 from studio.fsutil import atomic_write_text, parse_json_lines
 from studio.workspace import Workspace, WorkspaceError, safe_name, slugify
 
@@ -79,11 +80,10 @@ CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_dir)
 """
 
 
-class JobError(ValueError):
+class JobError(StudioError, ValueError):
     """A job request the user must change (one sentence)."""
 
 
-USER_ERRORS = ["JobError"]
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Background training jobs: the job table, processes, the scheduler and the submit service."""

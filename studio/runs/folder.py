@@ -1,0 +1,260 @@
+"""The run folder: the one place that knows its layout.
+
+::
+
+    RUN/
+      config.yaml                       the typed TrainConfig of the run (studio.config)
+      events.jsonl                      start/step/sample/checkpoint/log/error/end (runs.events)
+      train.log                         stdout/stderr of a background job
+      checkpoints/checkpoint-<step:06d>/  pytorch_lora_weights.safetensors, lora_kohya.safetensors,
+                                        training_state.pt, COMPLETE (runs.checkpoints)
+      samples/step-<step:06d>/<k>.png   validation images
+      compare/                          cached checkpoint-comparison cells
+      class_images/                     generated prior-preservation images
+      pytorch_lora_weights.safetensors  the run's LoRA (diffusers) and its other export formats
+      lora_kohya.safetensors            (studio.lora.formats)
+      manifest.json                     what the run's LoRA is and how it was made (runs.manifest)
+      README.md                         the model card (runs.card)
+      selected_checkpoint.json          set when a checkpoint was exported as the run's LoRA
+
+Every other module asks a :class:`RunFolder` for paths, checkpoints, the config, the trigger
+and the events instead of spelling out a file name or parsing a file itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.errors import StudioError
+from studio.lora.formats import DIFFUSERS_FILE, KOHYA_FILE
+from studio.runs import checkpoints as ckpt
+from studio.runs.events import EVENTS_FILE, EventWriter, read_events_from
+
+log = logging.getLogger(__name__)
+
+
+class RunError(StudioError, ValueError):
+    """A request about a run that the user must change (one sentence)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete checkpoint of a run."""
+
+    step: int
+    path: Path
+
+    @property
+    def lora_path(self) -> Path:
+        return self.path / DIFFUSERS_FILE
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / ckpt.STATE_FILE
+
+
+class RunFolder:
+    """A run folder (it need not exist yet). Cheap to make; every read goes to the disk."""
+
+    CONFIG = "config.yaml"
+    EVENTS = EVENTS_FILE
+    LOG = "train.log"
+    MANIFEST = "manifest.json"
+    CARD = "README.md"
+    LORA = DIFFUSERS_FILE
+    KOHYA = KOHYA_FILE
+    CHECKPOINTS = ckpt.CKPT_DIR
+    SAMPLES = "samples"
+    COMPARE = "compare"
+    CLASS_IMAGES = "class_images"
+    LOGS = "logs"
+    SELECTED = "selected_checkpoint.json"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunFolder) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # ---- paths ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / self.EVENTS
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / self.MANIFEST
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / self.CARD
+
+    @property
+    def lora_path(self) -> Path:
+        return self.path / self.LORA
+
+    @property
+    def kohya_path(self) -> Path:
+        return self.path / self.KOHYA
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / self.SAMPLES
+
+    @property
+    def compare_dir(self) -> Path:
+        return self.path / self.COMPARE
+
+    @property
+    def class_images_dir(self) -> Path:
+        return self.path / self.CLASS_IMAGES
+
+    @property
+    def selected_path(self) -> Path:
+        return self.path / self.SELECTED
+
+    def sample_dir(self, step: int) -> Path:
+        return self.samples_dir / f"step-{int(step):06d}"
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def is_run(self) -> bool:
+        """A folder that a training wrote (it has its config)."""
+        return self.config_path.is_file()
+
+    def has_lora(self) -> bool:
+        return self.lora_path.is_file()
+
+    # ---- config -----------------------------------------------------------------------------
+    def config(self):
+        """The run's :class:`~studio.config.TrainConfig` (migrated to the current version)."""
+        from studio.config import ConfigError, load_config
+
+        if not self.config_path.is_file():
+            raise RunError(f"The run folder {self.path} has no {self.CONFIG}; pick a training run.")
+        try:
+            return load_config(config_path=self.config_path)
+        except ConfigError as exc:
+            raise RunError(f"The run {self.name} has an unreadable {self.CONFIG}: {exc}") from None
+
+    def save_config(self, cfg) -> Path:
+        from studio.config import save_config
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return save_config(cfg, self.config_path)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoints(self) -> list[Checkpoint]:
+        """Complete checkpoints (COMPLETE marker and a LoRA file), oldest first."""
+        return [Checkpoint(step, p) for step, p in ckpt.list_checkpoints(self.path)
+                if (p / self.LORA).is_file()]
+
+    def checkpoint(self, step: int) -> Checkpoint:
+        """The complete checkpoint at ``step``; a :class:`RunError` naming the ones there are."""
+        for c in self.checkpoints():
+            if c.step == int(step):
+                return c
+        have = ", ".join(str(c.step) for c in self.checkpoints()) or "none"
+        raise RunError(f"The run {self.name} has no complete checkpoint at step {int(step)} "
+                       f"(complete checkpoints: {have}).")
+
+    def checkpoint_dirs(self) -> list[dict[str, Any]]:
+        """Every checkpoint folder, complete or not, with its state (for the live view)."""
+        out = []
+        for step, p in ckpt.checkpoint_dirs(self.path):
+            lora = p / self.LORA
+            out.append({"step": step, "path": str(p), "complete": (p / ckpt.MARKER).is_file(),
+                        "lora": str(lora) if lora.is_file() else None})
+        return out
+
+    # ---- manifest, trigger, prompts -----------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """``manifest.json`` as a dict ({} when missing or unreadable)."""
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def trigger(self) -> tuple[str | None, str | None]:
+        """(trigger, class word): from the manifest, else from the run's dataset."""
+        m = self.manifest()
+        if m.get("trigger"):
+            return str(m["trigger"]), (str(m["class_word"]) if m.get("class_word") else None)
+        try:
+            dataset = self.config().data.dataset
+        except RunError:
+            return None, None
+        if not dataset:
+            return None, None
+        from studio.dataset.store import dataset_identity
+
+        return dataset_identity(dataset)
+
+    def instance_prompt(self) -> str:
+        """The prompt that names the subject: the one the run trained with (manifest), the
+        configured one, else 'a photo of TRIGGER CLASS' from the dataset."""
+        from studio.dataset.sources import default_instance_prompt
+
+        m = self.manifest()
+        if m.get("instance_prompt"):
+            return str(m["instance_prompt"])
+        try:
+            configured = self.config().data.instance_prompt
+        except RunError:
+            configured = None
+        if configured:
+            return configured
+        trigger, class_word = self.trigger()
+        return default_instance_prompt(trigger, class_word)
+
+    # ---- events -----------------------------------------------------------------------------
+    def events(self, offset: int = 0) -> list[dict[str, Any]]:
+        """The run's events from byte ``offset`` on (a torn last line is skipped)."""
+        return read_events_from(self.events_path, offset)
+
+    def event_writer(self, enabled: bool = True) -> EventWriter:
+        return EventWriter(self.path, enabled=enabled)
+
+    def end_event(self, offset: int = 0) -> dict[str, Any] | None:
+        ends = [e for e in self.events(offset) if e.get("type") == "end"]
+        return ends[-1] if ends else None
+
+    def outcome(self, offset: int = 0) -> str | None:
+        """finished | cancelled | failed from the last end event; None while none was written."""
+        end = self.end_event(offset)
+        return str(end.get("status") or "finished") if end is not None else None
+
+    def events_size(self) -> int:
+        try:
+            return self.events_path.stat().st_size
+        except OSError:
+            return 0

@@ -1,0 +1,68 @@
+"""``RUN/manifest.json``: what a run's final LoRA is and how it was made."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from studio.fsutil import atomic_write_json
+from studio.lora.formats import EXPORT_FORMATS
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
+            "bitsandbytes", "prodigyopt")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_prompt: str,
+                   steps: int, wall_time: float, loss_history: list[float]) -> dict[str, Any]:
+    """``RUN/manifest.json``: dataset hash, package versions, seed, wall time, trigger, base."""
+    files = {}
+    for name in (f.file_name for f in EXPORT_FORMATS):
+        p = run_dir / name
+        if p.is_file():
+            files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    tail = loss_history[-10:]
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_model": base,
+        "vae": vae or "base",
+        "dataset": {"name": ds.name, "hash": ds.hash, "images": len(ds.examples),
+                    "source": cfg.data.dataset},
+        "trigger": ds.trigger,
+        "class_word": ds.class_word,
+        "instance_prompt": instance_prompt,
+        "seed": cfg.train.seed,
+        "steps": steps,
+        "wall_time_s": round(wall_time, 1),
+        "final_loss_mean_last10": (sum(tail) / len(tail)) if tail else None,
+        "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.lora_alpha,
+                 "text_encoder": cfg.lora.train_text_encoder, "dora": cfg.lora.use_dora},
+        "packages": package_versions(),
+        "files": files,
+    }
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    return manifest
