@@ -77,7 +77,7 @@ def jobs(home: Path) -> list[dict]:
 
 
 def kill_trainings(home: Path) -> None:
-    from studio.jobs.runner import process_alive
+    from studio.jobs.process import process_alive
 
     if not (home / "registry.sqlite").exists():
         return
@@ -224,7 +224,7 @@ def test_reload_and_app_restart_during_a_run(home, tiny_models, page, cleanup):
         app.proc.wait()
     finally:
         app.stop()
-    from studio.jobs.runner import process_alive
+    from studio.jobs.process import process_alive
 
     assert process_alive(job["pid"], job["proc_start"])
     app = start_app(home, tiny_models)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from studio.fsutil import parse_json_lines
-from studio.jobs.runner import LOG_NAME, process_alive
+from studio.jobs.process import process_alive
+from studio.jobs.runner import LOG_NAME
 
 log = logging.getLogger(__name__)
 
