@@ -5,11 +5,12 @@ It is the trainer's *interface* (arguments, events, checkpoints with COMPLETE ma
 step, so the runner's process handling is tested fast and exactly. The real trainer is driven by
 the browser acceptance test.
 
-    python tests/runner_fake_trainer.py --config RUN/config.yaml --dataset DIR --out RUN
-        [--resume latest]
+    python tests/runner_fake_trainer.py [--step-sleep S] [--exit-sleep S]
+        --config RUN/config.yaml --dataset DIR --out RUN [--resume latest]
 
-config.yaml: {steps: N, sleep: seconds per step, ckpt_every: K[, exit_sleep: seconds spent
-exiting after the end event]}
+From RUN/config.yaml (a TrainConfig, as the job service writes it) it takes the number of steps
+(train.max_train_steps) and the checkpoint interval (checkpoints.every_n_steps). --step-sleep
+is the time a step takes (0.05 s), --exit-sleep the time spent exiting after the end event.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 
 def emit(run: Path, **ev) -> None:
@@ -45,14 +48,13 @@ def main() -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--resume")
+    ap.add_argument("--step-sleep", type=float, default=0.05)
+    ap.add_argument("--exit-sleep", type=float, default=0.0)
     a = ap.parse_args()
     run = Path(a.out)
-    cfg = {}
-    for line in Path(a.config).read_text().splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            cfg[k.strip()] = float(v)
-    steps, sleep, every = int(cfg["steps"]), cfg["sleep"], int(cfg["ckpt_every"])
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    steps, every = int(cfg["train"]["max_train_steps"]), int(cfg["checkpoints"]["every_n_steps"])
+    sleep = a.step_sleep
     print(f"fake trainer pid {os.getpid()} starting", flush=True)
     if not Path(a.dataset).is_dir():
         msg = f"The dataset folder {a.dataset} does not exist."
@@ -89,7 +91,7 @@ def main() -> int:
     # Like CPython's shutdown (which puts the default signal handlers back), a process that
     # has ended its run can still be killed by a late SIGTERM while it exits.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    time.sleep(cfg.get("exit_sleep", 0.0))
+    time.sleep(a.exit_sleep)
     return 0
 
 

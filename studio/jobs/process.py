@@ -1,8 +1,10 @@
 """Process identity for background trainings: a pid plus its start time from /proc, so a
-reused pid is never mistaken for the training that had it. Imports nothing from the studio."""
+reused pid is never mistaken for the training that had it, and signalling a training's process
+group. Imports nothing from the studio (the run monitor uses it without the scheduler)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,3 +45,12 @@ def process_alive(pid: int | None, start_token: str | None = None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def signal_group(pgid: int | None, pid: int | None, start_token: str | None, sig: int) -> None:
+    """Send ``sig`` to the process group ``pgid`` while its leader ``pid`` (with
+    ``start_token``) still runs; never to a group whose leader is gone (its id may be reused)."""
+    if not pgid or not process_alive(pid, start_token):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(pgid), sig)

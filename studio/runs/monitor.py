@@ -20,7 +20,7 @@ from typing import Any
 
 from studio.fsutil import parse_json_lines
 from studio.jobs.process import process_alive
-from studio.jobs.runner import LOG_NAME
+from studio.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class RunMonitor:
         return sorted(out, key=lambda c: c["step"])
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.run_dir / LOG_NAME
+        path = self.run_dir / RunFolder.LOG
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, 2)

@@ -1,7 +1,7 @@
 """The Train tab: dataset + preset (+ advanced settings) -> background job; live view of any run;
 checkpoint comparison; hand-off of the LoRA to the Generate tab.
 
-All work happens in the core (studio.jobs.runner / monitor / compare); this module maps widgets
+All work happens in the core (studio.jobs.service / monitor / compare); this module maps widgets
 to those calls. Training runs in its own process, so a reload or an app restart loses nothing:
 the live view polls the run folder every 2 s with ``gr.Timer``.
 """
@@ -19,7 +19,9 @@ import pandas as pd
 import yaml
 
 from studio import config as cfgmod
-from studio.jobs.runner import JobError, Runner, get_runner
+from studio.jobs.service import JobService as Runner
+from studio.jobs.service import get_service as get_runner
+from studio.jobs.table import JobError
 from studio.runs.monitor import (
     RunView,
     format_duration,
@@ -392,7 +394,8 @@ def build(ctx: AppContext) -> dict:
                 return f"**Error:** {exc}", gr.skip(), gr.skip()
         try:
             ovr = gather(preset_name, extra, wvals)
-            job = runner.submit(folder, preset=preset_name or None, overrides=ovr,
+            cfg = runner.build_config(folder, preset=preset_name or None, overrides=ovr)
+            job = runner.submit(cfg, preset=preset_name or None,
                                 run_name=(name or "").strip() or None)
             runner.reconcile()
             job = runner.get(job.id)
