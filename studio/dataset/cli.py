@@ -26,7 +26,8 @@ def add_cli(sub) -> None:
     p.add_argument("--framing", default=DEFAULT_FRAMING, choices=FRAMING_CHOICES)
     p.add_argument("--detector", default="auto", choices=DETECTOR_CHOICES,
                    help="face detector; auto = RetinaFace, else the offline Haar detector")
-    p.add_argument("--captioner", help="BLIP model: Hub id or folder (env STUDIO_CAPTION_MODEL)")
+    p.add_argument("--captioner", help="captioning model: Hub id or folder (BLIP's default: env "
+                                       "STUDIO_CAPTION_MODEL)")
     p.add_argument("--captioner-kind", default=DEFAULT_CAPTIONER, choices=list(CAPTIONERS),
                    help=f"which captioner runs the --captioner model (default {DEFAULT_CAPTIONER})")
     p.add_argument("--no-face", default="keep", choices=["keep", "drop"],

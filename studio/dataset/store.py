@@ -6,6 +6,10 @@
     DATASET/dataset.json                 name, trigger, class_word, template, hash, created, count, framing
     DATASET/report.json                  the quality report
 
+This module is the only code that reads or writes that layout: training reads prepared datasets
+through :func:`open_dataset`, :func:`content_hash` is the one dataset hash, and
+:func:`list_datasets` is the one list (the workspace registry reconciled with the disk).
+
 Datasets are written into a temporary sibling folder and renamed into place, so a crash never
 leaves half a dataset; caption edits rewrite metadata.jsonl atomically and refresh the hash.
 """
