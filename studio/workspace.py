@@ -189,7 +189,12 @@ class Workspace:
                 (name, str(path), now, now, json.dumps(info, default=str)),
             )
 
-    def _list(self, table: str) -> list[dict[str, Any]]:
+    def registered(self, table: str) -> list[dict[str, Any]]:
+        """The raw registry rows of ``table`` ("datasets" or "runs"), newest first, whether or
+        not their folder still exists. The dataset list is :func:`studio.dataset.store.
+        list_datasets`, which reconciles these rows with the disk."""
+        if table not in ("datasets", "runs"):
+            raise ValueError(f"unknown registry table {table!r}")
         with self.db() as conn:
             rows = conn.execute(f"SELECT * FROM {table} ORDER BY updated DESC").fetchall()
         out = []
@@ -202,16 +207,12 @@ class Workspace:
     def register_dataset(self, name: str, path: Path, info: dict[str, Any] | None = None) -> None:
         self._upsert("datasets", safe_name(name, "dataset name"), Path(path), info or {})
 
-    def list_datasets(self) -> list[dict[str, Any]]:
-        """Registered datasets whose folder still exists, newest first."""
-        return [d for d in self._list("datasets") if Path(d["path"]).is_dir()]
-
     def register_run(self, name: str, path: Path, info: dict[str, Any] | None = None) -> None:
         self._upsert("runs", safe_name(name, "run name"), Path(path), info or {})
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Registered runs plus run folders found on disk (e.g. made by the CLI elsewhere)."""
-        runs = {r["name"]: r for r in self._list("runs") if Path(r["path"]).is_dir()}
+        runs = {r["name"]: r for r in self.registered("runs") if Path(r["path"]).is_dir()}
         for p in sorted(self.runs_dir.iterdir()) if self.runs_dir.is_dir() else []:
             if p.is_dir() and p.name not in runs and (p / "config.yaml").exists():
                 st = p.stat()

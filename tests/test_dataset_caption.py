@@ -7,6 +7,8 @@ import pytest
 
 from studio.dataset import DatasetError
 from studio.dataset import caption as C
+from studio.dataset.blip import clean_blip
+from studio.dataset.captioners import get_captioner
 
 
 @pytest.mark.parametrize("raw,clean", [
@@ -18,7 +20,7 @@ from studio.dataset import caption as C
     ("  a man   wearing a hat . ", "a man wearing a hat"),
 ])
 def test_blip_openings_are_stripped(raw, clean):
-    assert C.clean_blip(raw) == clean
+    assert clean_blip(raw) == clean
 
 
 def test_template_rendering_and_prefix():
@@ -28,7 +30,6 @@ def test_template_rendering_and_prefix():
         "a photo of ohwx woman, in a park"
     assert C.render("{trigger} {class_word}", "sks", "man", "x") == "sks man, x"
     assert C.render(C.DEFAULT_TEMPLATE, "TOK", "person", "") == "a photo of TOK person"
-    assert C.template_prefix(C.DEFAULT_TEMPLATE, "TOK", "person") == "a photo of TOK person"
     with pytest.raises(DatasetError, match="template"):
         C.render("a photo of {name}, {caption}", "TOK", "person", "x")
 
@@ -76,7 +77,7 @@ def test_tiny_blip_captions_in_batches(tiny_models):
     a = dp.astronaut()
     images = [a, a.rotate(90), a.resize((300, 300)), dp.no_face_photo()]
     calls = []
-    cap = C.Captioner(str(tiny_models["captioner"]), max_new_tokens=8, num_beams=1)
+    cap = get_captioner("blip", str(tiny_models["captioner"]), max_new_tokens=8, num_beams=1)
     out = cap.caption(images, batch_size=3, progress=lambda d, t: calls.append((d, t)))
     assert len(out) == 4 and all(isinstance(t, str) for t in out)
     assert calls == [(3, 4), (4, 4)]

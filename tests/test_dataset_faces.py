@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from studio.dataset import crop
 from studio.dataset import faces as F
 from studio.dataset.ingest import decode_image
 
@@ -31,11 +32,11 @@ def test_astronaut_one_face_and_centred_closeup(haar):
     found = haar.detect(np.asarray(a))
     assert len(found) == 1
     assert found[0].left_eye is not None and found[0].right_eye is not None
-    res = F.crop_face(a, found, "close-up")
+    res = crop.crop_face(a, found, "close-up")
     assert res.image.size == (1024, 1024)
     assert res.upscaled and res.source_side < 1024  # 512 px photo: flagged as upscaled
     # From the transform: the face centre lands at the crop centre.
-    cx, cy = res.window.to_crop(F.align(found[0]).center)
+    cx, cy = res.window.to_crop(crop.align(found[0]).center)
     assert abs(cx - 512) < 0.05 * 1024 and abs(cy - 512) < 0.08 * 1024, (cx, cy)
     # Measured on the crop itself.
     fx, fy = _largest(haar, res.image).center
@@ -46,13 +47,13 @@ def test_astronaut_one_face_and_centred_closeup(haar):
 def test_other_framings_keep_the_face_centred_horizontally(haar, framing):
     big = dp.astronaut().resize((1400, 1400), Image.Resampling.LANCZOS)
     found = haar.detect(np.asarray(big))
-    res = F.crop_face(big, found, framing)
+    res = crop.crop_face(big, found, framing)
     assert res.image.size == (1024, 1024)
     face = _largest(haar, res.image)
     fx, fy = face.center
     assert abs(fx - 512) < 0.15 * 1024, (framing, fx)
     assert fy < 600, (framing, fy)  # the face sits in the upper part of the frame
-    tight = F.crop_face(big, found, "close-up")
+    tight = crop.crop_face(big, found, "close-up")
     # Wider framings show more of the photo around the face.
     assert res.source_side > tight.source_side
 
@@ -73,7 +74,7 @@ def test_exif_orientation_6_gives_the_same_crop(haar):
     for im in (upright, turned.image, upright.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
         found = haar.detect(np.asarray(im))
         assert len(found) == 1
-        res = F.crop_face(im, found)
+        res = crop.crop_face(im, found)
         windows.append(res.window)
         # Haar boxes jitter by a pixel between JPEG encodings: compare at 64 px.
         crops.append(np.asarray(res.image.resize((64, 64), Image.Resampling.BOX), np.int16))
@@ -92,7 +93,7 @@ def test_exif_orientation_6_lossless_gives_identical_crop(haar, tmp_path):
     a.transpose(Image.Transpose.ROTATE_90).save(buf, format="PNG", exif=exif.tobytes())
     turned = decode_image("turned.png", buf.getvalue()).image
     assert np.array_equal(np.asarray(turned), np.asarray(a))
-    crops = [np.asarray(F.crop_face(im, haar.detect(np.asarray(im))).image) for im in (a, turned)]
+    crops = [np.asarray(crop.crop_face(im, haar.detect(np.asarray(im))).image) for im in (a, turned)]
     assert np.array_equal(crops[0], crops[1])
 
 
@@ -101,7 +102,7 @@ def test_tilted_head_is_levelled_on_the_eyes(haar, tilt):
     a = dp.astronaut().resize((1024, 1024), Image.Resampling.LANCZOS)
     tilted = a.rotate(tilt, resample=Image.Resampling.BICUBIC, center=(446, 226))
     found = haar.detect(np.asarray(tilted))
-    res = F.crop_face(tilted, found, "close-up")
+    res = crop.crop_face(tilted, found, "close-up")
     assert res.method == "eyes"
     assert math.degrees(res.window.angle) == pytest.approx(-tilt + 3, abs=4)
     face = _largest(haar, res.image)
@@ -115,10 +116,10 @@ def test_five_point_alignment_uses_landmarks():
     # A synthetic RetinaFace detection: eyes tilted by 20 degrees.
     ang = math.radians(20)
     c, s = math.cos(ang), math.sin(ang)
-    pts = F._TEMPLATE_112 * 3.0 @ np.array([[c, s], [-s, c]]) + np.array([400.0, 300.0])
+    pts = crop._TEMPLATE_112 * 3.0 @ np.array([[c, s], [-s, c]]) + np.array([400.0, 300.0])
     face = F.Face(box=(400, 300, 736, 636), landmarks=pts, left_eye=tuple(pts[0]),
                   right_eye=tuple(pts[1]))
-    al = F.align(face)
+    al = crop.align(face)
     assert al.method == "5-point"
     assert math.degrees(al.angle) == pytest.approx(20, abs=0.5)
     assert al.size == pytest.approx(112 * 3 * 0.95, rel=0.01)
@@ -127,10 +128,10 @@ def test_five_point_alignment_uses_landmarks():
 def test_no_face_and_tiny_face_are_reported(haar):
     coffee = dp.no_face_photo()
     assert haar.detect(np.asarray(coffee)) == []
-    res = F.crop_face(coffee, [], "head-and-shoulders")
+    res = crop.crop_face(coffee, [], "head-and-shoulders")
     assert res.image.size == (1024, 1024) and res.face is None and res.method == "no face"
     tiny = F.Face(box=(10, 10, 50, 50))
-    res = F.crop_face(dp.astronaut(), [tiny], "close-up")
+    res = crop.crop_face(dp.astronaut(), [tiny], "close-up")
     assert any("only 40 px" in w for w in res.warnings)
 
 
@@ -138,14 +139,14 @@ def test_several_faces_choose_the_largest_and_warn():
     a = dp.astronaut().resize((1024, 1024))
     small = F.Face(box=(800, 800, 900, 900))
     big = F.Face(box=(354, 134, 540, 320))
-    res = F.crop_face(a, [small, big], "close-up")
+    res = crop.crop_face(a, [small, big], "close-up")
     assert res.face is big and res.faces_found == 2
     assert any("2 faces" in w for w in res.warnings)
 
 
 def test_elongated_full_photo_is_padded(haar):
     pano = dp.astronaut().resize((1600, 500))
-    res = F.crop_face(pano, [], "full")
+    res = crop.crop_face(pano, [], "full")
     assert res.image.size == (1024, 1024)
     assert any("padded" in w for w in res.warnings)
 
@@ -153,10 +154,10 @@ def test_elongated_full_photo_is_padded(haar):
 def test_face_at_the_edge_never_crashes():
     a = dp.astronaut()
     for box in [(0, 0, 200, 200), (400, 400, 512, 512), (-20, 100, 300, 420), (0, 0, 512, 512)]:
-        for framing in F.FRAMING_CHOICES:
+        for framing in crop.FRAMING_CHOICES:
             face = F.Face(box=box, left_eye=(box[0] + 40, box[1] + 60),
                           right_eye=(box[0] + 120, box[1] + 75))
-            res = F.crop_face(a, [face], framing)
+            res = crop.crop_face(a, [face], framing)
             assert res.image.size == (1024, 1024)
 
 
@@ -199,5 +200,5 @@ def test_face_in_a_large_photo_with_texture_is_found_once(haar):
     assert len(found) == 1
     cx, cy = found[0].center
     assert 2700 < cx < 3100 and 1000 < cy < 1400, (cx, cy)
-    res = F.crop_face(scene, found)
+    res = crop.crop_face(scene, found)
     assert math.degrees(res.window.angle) == pytest.approx(14 + 3, abs=4)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from studio.dataset import DatasetError, store
-from studio.dataset.caption import Captioner
+from studio.dataset.captioners import get_captioner
 from studio.dataset.faces import HaarDetector
 from studio.dataset.pipeline import prepare_dataset
 from studio.workspace import Workspace
@@ -31,7 +31,7 @@ def prepared(tmp_path_factory, tiny_models):
     result = prepare_dataset([tmp / "in"], ws.dataset_path("me"), trigger="TOK",
                              class_word="person", framing="head-and-shoulders",
                              detector=HaarDetector(),
-                             captioner=Captioner(str(tiny_models["captioner"]), max_new_tokens=12,
+                             captioner=get_captioner("blip", str(tiny_models["captioner"]), max_new_tokens=12,
                                                  num_beams=1),
                              progress=lambda f, m: steps.append((f, m)), workspace=ws)
     return expect, result, ws, steps
@@ -68,7 +68,7 @@ def test_every_good_photo_is_in_the_dataset(prepared):
         with Image.open(p) as im:
             assert im.mode == "RGB" and not im.getexif() and min(im.size) >= 512
     assert [d["name"] for d in store.list_datasets(ws)] == ["me"]
-    assert ws.list_datasets()[0]["info"]["hash"] == ds.info["hash"]
+    assert ws.registered("datasets")[0]["info"]["hash"] == ds.info["hash"]
     assert not [p for p in ds.path.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
@@ -134,7 +134,7 @@ def test_existing_folder_is_not_overwritten(tmp_path, tiny_models):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DatasetError, match="already exists"):
         prepare_dataset([("a.png", _png(dp.astronaut()))], out, detector=HaarDetector(),
-                        captioner=Captioner(str(tiny_models["captioner"]), max_new_tokens=4,
+                        captioner=get_captioner("blip", str(tiny_models["captioner"]), max_new_tokens=4,
                                             num_beams=1))
     assert (out / "keep.txt").read_text() == "mine"
 

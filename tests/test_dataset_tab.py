@@ -6,6 +6,7 @@ import dataset_photos as dp
 
 from studio.dataset import store
 from studio.ui import dataset_tab as tab
+from studio.ui import train_tab
 from studio.ui.context import AppContext
 
 
@@ -36,8 +37,9 @@ def test_process_edit_save_reopen(workspace, tiny_models, tmp_path):
                                         "close-up", "haar", "keep")
     _, _, msg2 = tab.save(ctx, path2, "First-set", rows2)
     assert "already exists" in msg2
-    # Re-opening lists and loads it.
+    # Re-opening lists and loads it; the Train tab lists it too (one dataset list).
     assert "First-set" in [d["name"] for d in store.list_datasets(workspace)]
+    assert ("First-set (1 images)", str(ds.path)) in train_tab.dataset_choices(ctx)
     opened = tab.open_existing(ctx, "First-set")
     assert opened[0] == str(ds.path) and opened[2][0][2].endswith(", soft lighting")
 

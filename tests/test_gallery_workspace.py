@@ -69,7 +69,7 @@ def test_registry_survives_reopen(tmp_path):
     d.mkdir()
     ws.register_dataset("me", d, {"trigger": "TOK"})
     again = Workspace(tmp_path / "home")
-    assert [x["name"] for x in again.list_datasets()] == ["me"]
-    assert again.list_datasets()[0]["info"]["trigger"] == "TOK"
+    assert [x["name"] for x in again.registered("datasets")] == ["me"]
+    assert again.registered("datasets")[0]["info"]["trigger"] == "TOK"
     for sub in ("datasets", "runs", "gallery", "exports", "models", "tmp"):
         assert (again.home / sub).is_dir()

@@ -1,19 +1,18 @@
-"""BLIP captions with a trigger token and a class word, bulk edits and a caption linter.
+"""Caption text: the template with a trigger token and a class word, trigger checks, bulk
+edits and a caption linter. (The models that write the raw captions are in
+:mod:`studio.dataset.captioners`.)
 
 A template holds ``{trigger}``, ``{class_word}`` and ``{caption}``; the default
 ``a photo of {trigger} {class_word}, {caption}`` gives ``a photo of TOK person, <BLIP caption>``.
 A template typed with the literal trigger and class word (``a photo of TOK person, {caption}``)
-works as well. BLIP's own openings ("a photo of", "there is", "arafed" ...) are stripped so the
-template does not repeat them.
+works as well.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
-
-from PIL import Image
+from collections.abc import Sequence
 
 from studio.dataset import DatasetError
 
@@ -36,13 +35,6 @@ red blue green black white big small king queen star sun moon baby guy lady mode
 john mary anna david michael james robert maria emma sarah chris alex tom sam max
 """.split())
 
-_LEADING = re.compile(
-    r"^\s*(?:(?:arafed|araffe|arafly|araffed)\s+|"
-    r"(?:there\s+(?:is|are)|this\s+is|here\s+is|it\s+is)\s+|"
-    r"(?:an?\s+|the\s+)?(?:close\s*-?\s*up\s+)?(?:photo(?:graph)?|picture|image|pic|portrait|"
-    r"selfie|snapshot|close\s*-?\s*up)\s+of\s+)+", re.IGNORECASE)
-
-
 def trigger_warnings(trigger: str, class_word: str = "") -> list[str]:
     """Problems with a trigger token (empty list when it is fine)."""
     t = (trigger or "").strip()
@@ -58,13 +50,6 @@ def trigger_warnings(trigger: str, class_word: str = "") -> list[str]:
     return out
 
 
-def clean_blip(text: str) -> str:
-    """BLIP output without its stock openings and stray spaces."""
-    s = re.sub(r"\s+", " ", (text or "")).strip()
-    s = _LEADING.sub("", s).strip(" ,.")
-    return s
-
-
 def render(template: str, trigger: str, class_word: str, caption: str) -> str:
     """The final caption from the template (``{caption}`` appended when missing)."""
     tpl = template or DEFAULT_TEMPLATE
@@ -78,11 +63,6 @@ def render(template: str, trigger: str, class_word: str, caption: str) -> str:
                            "{trigger}, {class_word} and {caption} only.") from None
     text = re.sub(r"\s+", " ", text).strip()
     return text.rstrip(" ,") if not caption else text
-
-
-def template_prefix(template: str, trigger: str, class_word: str) -> str:
-    """What every caption starts with (the template up to ``{caption}``, without ", ")."""
-    return render(template, trigger, class_word, "")
 
 
 # ---- bulk edits ------------------------------------------------------------------------------
@@ -144,38 +124,3 @@ def lint_captions(captions: Sequence[str], trigger: str, class_word: str,
                        "(pose, clothes, background).")
         seen.setdefault(c, name)
     return out
-
-
-# ---- BLIP ------------------------------------------------------------------------------------
-class Captioner:
-    """BLIP image captioning through :func:`studio.models.load_captioner` (cached)."""
-
-    def __init__(self, source: str | None = None, device: str | None = None,
-                 max_new_tokens: int = 30, num_beams: int = 3):
-        self.source, self.device = source, device
-        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
-
-    def caption(self, images: Sequence[Image.Image], batch_size: int = 4,
-                progress: Callable[[int, int], None] | None = None) -> list[str]:
-        """Raw BLIP captions (cleaned of stock openings) for ``images``, in batches."""
-        import torch
-
-        from studio.models import GPU_LOCK, load_captioner
-
-        processor, model = load_captioner(self.source, device=self.device)
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        out: list[str] = []
-        for start in range(0, len(images), max(1, batch_size)):
-            batch = [im.convert("RGB") for im in images[start:start + batch_size]]
-            inputs = processor(images=batch, return_tensors="pt")
-            inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-                      for k, v in inputs.items()}
-            with GPU_LOCK, torch.inference_mode():
-                ids = model.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                     num_beams=self.num_beams)
-            texts = processor.batch_decode(ids, skip_special_tokens=True)
-            out.extend(clean_blip(t) for t in texts)
-            if progress:
-                progress(len(out), len(images))
-        return out

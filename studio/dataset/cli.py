@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.dataset.faces import DEFAULT_FRAMING, DETECTOR_CHOICES, FRAMING_CHOICES
+from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES
+from studio.dataset.faces import DETECTOR_CHOICES
 
 
 def add_cli(sub) -> None:
     from studio.dataset.caption import DEFAULT_CLASS_WORD, DEFAULT_TEMPLATE, DEFAULT_TRIGGER
+    from studio.dataset.captioners import CAPTIONERS, DEFAULT_CAPTIONER
     from studio.dataset.ingest import MIN_SIDE
 
     p = sub.add_parser("prepare", help="prepare a training dataset from photos (folder, files or zip)",
@@ -24,7 +26,10 @@ def add_cli(sub) -> None:
     p.add_argument("--framing", default=DEFAULT_FRAMING, choices=FRAMING_CHOICES)
     p.add_argument("--detector", default="auto", choices=DETECTOR_CHOICES,
                    help="face detector; auto = RetinaFace, else the offline Haar detector")
-    p.add_argument("--captioner", help="BLIP model: Hub id or folder (env STUDIO_CAPTION_MODEL)")
+    p.add_argument("--captioner", help="captioning model: Hub id or folder (BLIP's default: env "
+                                       "STUDIO_CAPTION_MODEL)")
+    p.add_argument("--captioner-kind", default=DEFAULT_CAPTIONER, choices=list(CAPTIONERS),
+                   help=f"which captioner runs the --captioner model (default {DEFAULT_CAPTIONER})")
     p.add_argument("--no-face", default="keep", choices=["keep", "drop"],
                    help="photos without a face: keep as a square of the whole photo, or drop")
     p.add_argument("--min-side", type=int, default=MIN_SIDE,
@@ -46,6 +51,7 @@ def _cmd_prepare(args) -> int:
         result = prepare_dataset(
             args.inputs, args.out, trigger=args.trigger, class_word=args.class_word,
             framing=args.framing, detector=args.detector, captioner=args.captioner,
+            captioner_kind=args.captioner_kind,
             progress=show, template=args.template, no_face=args.no_face,
             min_side=args.min_side, name=args.name, overwrite=args.force, workspace=Workspace())
     finally:

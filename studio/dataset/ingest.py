@@ -274,20 +274,20 @@ def decode_image(name: str, data: bytes, min_side: int = MIN_SIDE) -> IngestedIm
         raise
     except Exception as exc:
         raise Reject(f"could not convert its colours ({_short(exc)})") from None
-    if "GPS" in _exif_tags(exif):
+    if _has_gps(exif):
         notes.append("GPS location removed")
     rgb.info = {}
     return IngestedImage(name=name, image=rgb, source_format=fmt, original_size=rgb.size,
                          sha256=pixel_hash(rgb), dhash=dhash(rgb), notes=notes)
 
 
-def _exif_tags(exif) -> set[str]:
+def _has_gps(exif) -> bool:
     try:
         from PIL.ExifTags import IFD
 
-        return {"GPS"} if exif.get_ifd(IFD.GPSInfo) else set()
+        return bool(exif.get_ifd(IFD.GPSInfo))
     except Exception:
-        return set()
+        return False
 
 
 def _bomb_size(msg: str) -> str:
@@ -362,10 +362,6 @@ def dhash(im: Image.Image, size: int = 8) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
 # ---- the whole batch -------------------------------------------------------------------------
 def ingest(inputs: Iterable[InputItem], min_side: int = MIN_SIDE,
            progress: Callable[[float, str], None] | None = None) -> IngestResult:
@@ -395,7 +391,7 @@ def ingest(inputs: Iterable[InputItem], min_side: int = MIN_SIDE,
             continue
         by_hash[img.sha256] = name
         for prev in result.accepted:
-            if hamming(prev.dhash, img.dhash) <= NEAR_DUP_BITS:
+            if (prev.dhash ^ img.dhash).bit_count() <= NEAR_DUP_BITS:  # Hamming distance
                 img.near_duplicate_of = prev.name
                 break
         result.accepted.append(img)

@@ -18,13 +18,14 @@ from studio.dataset.caption import (
     DEFAULT_CLASS_WORD,
     DEFAULT_TEMPLATE,
     DEFAULT_TRIGGER,
-    Captioner,
     lint_captions,
     render,
     trigger_warnings,
 )
-from studio.dataset.faces import DEFAULT_FRAMING, FRAMING_CHOICES, FaceDetector, crop_face, get_detector
-from studio.dataset.ingest import MIN_SIDE, InputItem, ingest
+from studio.dataset.captioners import DEFAULT_CAPTIONER, Captioner, get_captioner
+from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, CropResult, crop_face
+from studio.dataset.faces import FaceDetector, get_detector
+from studio.dataset.ingest import MIN_SIDE, IngestedImage, InputItem, ingest
 from studio.dataset.quality import ImageFacts, image_report, set_report
 from studio.dataset.store import DatasetInfo, Entry, write_dataset
 
@@ -70,58 +71,33 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
                     captioner: str | Captioner | None = None, progress: Progress | None = None,
                     template: str = DEFAULT_TEMPLATE, no_face: str = "keep",
                     min_side: int = MIN_SIDE, name: str | None = None, overwrite: bool = False,
-                    workspace=None) -> PrepareResult:
+                    workspace=None, captioner_kind: str = DEFAULT_CAPTIONER) -> PrepareResult:
     """Turn photos into a dataset folder at ``out_dir``; never stops on one bad file.
 
-    ``detector`` is "auto" | "retinaface" | "haar" or a :class:`FaceDetector`; ``captioner`` a
-    Hub id/folder (default: STUDIO_CAPTION_MODEL) or a :class:`Captioner`. ``no_face`` decides
-    whether photos without a face are kept (square of the whole photo) or dropped. Raises
-    :class:`DatasetError` only when nothing usable remains or the settings are invalid.
+    ``detector`` is "auto" | "retinaface" | "haar" or a :class:`FaceDetector`; ``captioner`` the
+    model of a ``captioner_kind`` captioner (a Hub id/folder; default: STUDIO_CAPTION_MODEL) or a
+    :class:`Captioner`. ``no_face`` decides whether photos without a face are kept (square of the
+    whole photo) or dropped. Raises :class:`DatasetError` only when nothing usable remains or the
+    settings are invalid.
     """
     def say(frac: float, msg: str) -> None:
         if progress:
             progress(min(max(frac, 0.0), 1.0), msg)
 
     trigger, class_word = (trigger or "").strip(), (class_word or "").strip()
-    if not trigger:
-        raise DatasetError("The trigger is empty; use a rare token such as ohwx, sks or TOK.")
-    if framing not in FRAMING_CHOICES:
-        raise DatasetError(f"Unknown framing {framing!r}; use one of {', '.join(FRAMING_CHOICES)}.")
-    if no_face not in NO_FACE_CHOICES:
-        raise DatasetError(f"Unknown no-face choice {no_face!r}; use keep or drop.")
-    render(template, trigger, class_word, "x")  # validates the template before any work
+    _check_settings(trigger, class_word, framing, no_face, template)
     notices = trigger_warnings(trigger, class_word)
 
     say(0.0, "reading photos")
     ing = ingest(inputs, min_side=min_side, progress=lambda f, m: say(0.25 * f, m))
     outcomes = [FileOutcome(r.name, "rejected", r.reason) for r in ing.rejected]
-
     if isinstance(detector, str):
         det, notice = get_detector(detector)
-        if notice:
-            notices.append(notice)
+        notices += [notice] if notice else []
     else:
         det = detector
-
-    kept: list[tuple[Any, Any, dict[str, Any]]] = []
-    n = len(ing.accepted)
-    for i, img in enumerate(ing.accepted):
-        say(0.25 + 0.35 * i / max(n, 1), f"finding the face in {img.name}")
-        try:
-            faces = det.detect(np.asarray(img.image))
-            crop = crop_face(img.image, faces, framing)
-        except DatasetError:
-            raise
-        except Exception as exc:  # never let one photo stop the batch
-            log.exception("face step failed on %s", img.name)
-            outcomes.append(FileOutcome(img.name, "rejected",
-                                        f"face detection failed ({type(exc).__name__}: {exc})"))
-            continue
-        if not faces and no_face == "drop":
-            outcomes.append(FileOutcome(img.name, "dropped", "no face found (--no-face drop)"))
-            continue
-        kept.append((img, crop, {}))
-
+    kept = _crop_all(ing.accepted, det, framing, no_face, outcomes,
+                     lambda f, m: say(0.25 + 0.35 * f, m))
     if not kept:
         shown = "; ".join(f"{o.file}: {o.reason}" for o in outcomes[:5])
         more = f"; and {len(outcomes) - 5} more" if len(outcomes) > 5 else ""
@@ -129,35 +105,16 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
                            "10-20 sharp photos of one person.")
 
     say(0.6, "captioning")
-    cap = captioner if isinstance(captioner, Captioner) else Captioner(captioner)
-    raw = cap.caption([c.image for _, c, _ in kept],
+    cap = captioner if isinstance(captioner, Captioner) else \
+        get_captioner(captioner_kind, captioner)
+    raw = cap.caption([c.image for _, c in kept],
                       progress=lambda done, total: say(0.6 + 0.3 * done / total,
                                                        f"captioning {done}/{total}"))
-
-    entries: list[Entry] = []
-    images_report: list[dict[str, Any]] = []
-    for idx, ((img, crop, _), text) in enumerate(zip(kept, raw, strict=True), start=1):
-        file_name = f"{idx:04d}.png"
-        caption = render(template, trigger, class_word, text)
-        facts = ImageFacts(file=file_name, source=img.name, size=img.original_size,
-                           crop=crop.image, faces=crop.faces_found,
-                           face_size=crop.face.size if crop.face else None,
-                           crop_side=crop.source_side, upscaled=crop.upscaled,
-                           near_duplicate_of=img.near_duplicate_of)
-        rep = image_report(facts)
-        extra = [w for w in crop.warnings if not _covered(w, rep["warnings"])]
-        rep["warnings"] = rep["warnings"] + extra
-        rep["notes"] = img.notes
-        rep["crop_method"] = crop.method
-        images_report.append(rep)
-        entries.append(Entry(file_name, crop.image, img.image, caption, img.name))
-        outcomes.append(FileOutcome(img.name, "accepted", output=file_name, caption=caption,
-                                    warnings=rep["warnings"]))
-
+    captions = [render(template, trigger, class_word, text) for text in raw]
+    entries, images_report = _entries(kept, captions, outcomes)
     report = {
         "images": images_report, "set": set_report(images_report), "notices": notices,
-        "lint": lint_captions([e.caption for e in entries], trigger, class_word,
-                              [e.file_name for e in entries]),
+        "lint": lint_captions(captions, trigger, class_word, [e.file_name for e in entries]),
         "rejected": [{"file": o.file, "status": o.status, "reason": o.reason}
                      for o in outcomes if o.status != "accepted"],
         "settings": {"trigger": trigger, "class_word": class_word, "framing": framing,
@@ -171,6 +128,64 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
     ds = write_dataset(out_dir, entries, meta, report, overwrite=overwrite, workspace=workspace)
     say(1.0, f"{len(entries)} image(s) ready")
     return PrepareResult(outcomes, notices, report, ds)
+
+
+def _check_settings(trigger: str, class_word: str, framing: str, no_face: str,
+                    template: str) -> None:
+    """Refuse bad settings before any work."""
+    if not trigger:
+        raise DatasetError("The trigger is empty; use a rare token such as ohwx, sks or TOK.")
+    if framing not in FRAMING_CHOICES:
+        raise DatasetError(f"Unknown framing {framing!r}; use one of {', '.join(FRAMING_CHOICES)}.")
+    if no_face not in NO_FACE_CHOICES:
+        raise DatasetError(f"Unknown no-face choice {no_face!r}; use keep or drop.")
+    render(template, trigger, class_word, "x")  # validates the template
+
+
+def _crop_all(accepted: list[IngestedImage], det: FaceDetector, framing: str, no_face: str,
+              outcomes: list[FileOutcome], say: Progress) -> list[tuple[IngestedImage, CropResult]]:
+    """Find the face in each photo and crop it; failures and drops go into ``outcomes``."""
+    kept = []
+    for i, img in enumerate(accepted):
+        say(i / max(len(accepted), 1), f"finding the face in {img.name}")
+        try:
+            faces = det.detect(np.asarray(img.image))
+            crop = crop_face(img.image, faces, framing)
+        except DatasetError:
+            raise
+        except Exception as exc:  # never let one photo stop the batch
+            log.exception("face step failed on %s", img.name)
+            outcomes.append(FileOutcome(img.name, "rejected",
+                                        f"face detection failed ({type(exc).__name__}: {exc})"))
+            continue
+        if not faces and no_face == "drop":
+            outcomes.append(FileOutcome(img.name, "dropped", "no face found (--no-face drop)"))
+            continue
+        kept.append((img, crop))
+    return kept
+
+
+def _entries(kept: list[tuple[IngestedImage, CropResult]], captions: list[str],
+             outcomes: list[FileOutcome]) -> tuple[list[Entry], list[dict[str, Any]]]:
+    """The dataset entries (0001.png ...) and their quality reports; one outcome each."""
+    entries: list[Entry] = []
+    images_report: list[dict[str, Any]] = []
+    for idx, ((img, crop), caption) in enumerate(zip(kept, captions, strict=True), start=1):
+        file_name = f"{idx:04d}.png"
+        facts = ImageFacts(file=file_name, source=img.name, size=img.original_size,
+                           crop=crop.image, faces=crop.faces_found,
+                           face_size=crop.face.size if crop.face else None,
+                           crop_side=crop.source_side, upscaled=crop.upscaled,
+                           near_duplicate_of=img.near_duplicate_of)
+        rep = image_report(facts)
+        rep["warnings"] += [w for w in crop.warnings if not _covered(w, rep["warnings"])]
+        rep["notes"] = img.notes
+        rep["crop_method"] = crop.method
+        images_report.append(rep)
+        entries.append(Entry(file_name, crop.image, img.image, caption, img.name))
+        outcomes.append(FileOutcome(img.name, "accepted", output=file_name, caption=caption,
+                                    warnings=rep["warnings"]))
+    return entries, images_report
 
 
 def _covered(warning: str, existing: list[str]) -> bool:

@@ -6,6 +6,10 @@
     DATASET/dataset.json                 name, trigger, class_word, template, hash, created, count, framing
     DATASET/report.json                  the quality report
 
+This module is the only code that reads or writes that layout: training reads prepared datasets
+through :func:`open_dataset`, :func:`content_hash` is the one dataset hash, and
+:func:`list_datasets` is the one list (the workspace registry reconciled with the disk).
+
 Datasets are written into a temporary sibling folder and renamed into place, so a crash never
 leaves half a dataset; caption edits rewrite metadata.jsonl atomically and refresh the hash.
 """
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 
 IMAGES, ORIGINALS, METADATA = "images", "originals", "metadata.jsonl"
 INFO, REPORT = "dataset.json", "report.json"
+CAPTION_COLUMN = "text"
+"""The caption column of metadata.jsonl (and the key of :attr:`DatasetInfo.entries`)."""
+LISTED = ("count", "trigger", "class_word", "hash", "framing")
+"""The dataset.json keys a dataset list row carries in its ``info``."""
 
 
 @dataclass
@@ -57,22 +65,49 @@ class DatasetInfo:
     def name(self) -> str:
         return str(self.info.get("name") or self.path.name)
 
+    def image_path(self, file_name: str) -> Path:
+        """The crop ``images/FILE_NAME``; a name outside the folder or a missing file is an
+        error."""
+        images = (self.path / IMAGES).resolve()
+        path = (images / file_name).resolve()
+        if images not in path.parents:
+            raise DatasetError(f"{images / METADATA}: file_name {file_name!r} points outside the "
+                               "dataset.")
+        if not path.is_file():
+            raise DatasetError(f"{images / METADATA}: the image {file_name} does not exist.")
+        return path
+
 
 def _metadata_text(entries: Iterable[dict[str, str]]) -> str:
     return "".join(json.dumps({"file_name": e["file_name"], "text": e["text"]},
                               ensure_ascii=False) + "\n" for e in entries)
 
 
-def dataset_hash(folder: str | Path) -> str:
-    """SHA-256 over every crop's bytes and its caption, in file-name order."""
-    folder = Path(folder)
+def content_hash(items: Iterable[tuple[str, Any, str | None]]) -> str:
+    """The one dataset hash: SHA-256 over (name, SHA-256 of the image, caption) triples in name
+    order. An image is a file path, raw bytes or an in-memory PIL image (hashed by its pixels).
+    Prepared datasets store it in dataset.json; training computes it for any other source."""
     h = hashlib.sha256()
-    for e in sorted(read_jsonl(folder / IMAGES / METADATA), key=lambda e: e["file_name"]):
-        h.update(e["file_name"].encode())
-        with open(folder / IMAGES / e["file_name"], "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
-        h.update(e["text"].encode("utf-8"))
+    for name, image, caption in sorted(items, key=lambda t: t[0]):
+        h.update(name.encode())
+        h.update(hashlib.sha256(_image_bytes(image)).digest())
+        h.update((caption or "").encode("utf-8"))
     return h.hexdigest()
+
+
+def _image_bytes(image: Any) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).read_bytes()
+    return image.tobytes()
+
+
+def dataset_hash(folder: str | Path) -> str:
+    """:func:`content_hash` of a dataset folder: every crop and its caption."""
+    images = Path(folder) / IMAGES
+    return content_hash((e["file_name"], images / e["file_name"], e["text"])
+                        for e in read_jsonl(images / METADATA))
 
 
 def is_dataset(folder: str | Path) -> bool:
@@ -139,8 +174,7 @@ def register(workspace, ds: DatasetInfo) -> None:
     from studio.workspace import slugify
 
     workspace.register_dataset(slugify(ds.name, "dataset"), ds.path,
-                               {k: ds.info.get(k) for k in ("count", "trigger", "class_word",
-                                                            "hash", "framing")})
+                               {k: ds.info.get(k) for k in LISTED})
 
 
 def dataset_identity(folder: str | Path) -> tuple[str | None, str | None]:
@@ -222,14 +256,37 @@ def publish(src: str | Path, dest: str | Path, name: str | None = None, overwrit
 
 
 def list_datasets(workspace) -> list[dict[str, Any]]:
-    """Registered datasets plus dataset folders found in the workspace, newest first."""
-    found = {str(Path(d["path"]).resolve()): d for d in workspace.list_datasets()
-             if is_dataset(d["path"])}
+    """The one list of datasets: registered ones whose folder is still a dataset, plus dataset
+    folders in the workspace nobody registered (e.g. copied in, or prepared with another
+    STUDIO_HOME), newest first. Each row is {name, path, created, updated, info}; ``info`` is
+    read from the folder's dataset.json, so it is what is on disk now."""
+    rows: dict[Path, dict[str, Any]] = {}
+    for row in workspace.registered("datasets"):  # newest registration first
+        rows.setdefault(Path(row["path"]).resolve(),
+                        {"name": row["name"], "path": row["path"], "created": row["created"]})
     root = workspace.datasets_dir
     for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if p.is_dir() and not p.name.startswith(".") and is_dataset(p) and \
-                str(p.resolve()) not in found:
-            st = (p / INFO).stat()
-            found[str(p.resolve())] = {"name": p.name, "path": str(p), "updated": st.st_mtime,
-                                       "info": {}}
-    return sorted(found.values(), key=lambda d: d.get("updated", 0), reverse=True)
+        if not p.name.startswith("."):  # .NAME.tmp-* / .NAME.old-* are writes in progress
+            rows.setdefault(p.resolve(), {"name": p.name, "path": str(p), "created": None})
+    out = []
+    for path, row in rows.items():
+        found = _read_info(path)
+        if found is None:  # the folder is gone or is not a dataset: not listed
+            continue
+        info, mtime = found
+        updated = info.get("updated")
+        row.update(info={k: info.get(k) for k in LISTED},
+                   updated=float(updated) if isinstance(updated, (int, float)) else mtime)
+        row["created"] = row["created"] or row["updated"]
+        out.append(row)
+    return sorted(out, key=lambda d: d["updated"], reverse=True)
+
+
+def _read_info(folder: Path) -> tuple[dict[str, Any], float] | None:
+    """(dataset.json, its mtime); None when it is gone or unreadable."""
+    try:
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+        mtime = (folder / INFO).stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    return (info, mtime) if isinstance(info, dict) else None

@@ -21,11 +21,12 @@ from PIL import Image, ImageOps
 
 from studio.dataset import DatasetError, store
 from studio.dataset import caption as cap
-from studio.dataset.faces import DEFAULT_FRAMING, DETECTOR_CHOICES, FRAMING_CHOICES, FRAMING_HELP
+from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, FRAMING_HELP
+from studio.dataset.faces import DETECTOR_CHOICES
 from studio.dataset.pipeline import prepare_dataset
-from studio.models import ModelLoadError
+from studio.errors import StudioError
 from studio.ui.context import AppContext
-from studio.workspace import WorkspaceError, slugify
+from studio.workspace import slugify
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def process(ctx: AppContext, files, trigger, class_word, template, framing, dete
                                  framing=framing, detector=detector, captioner=ctx.captioner,
                                  progress=report, template=template, no_face=no_face,
                                  name="staging")
-    except (DatasetError, ModelLoadError, WorkspaceError) as exc:
+    except StudioError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         return None, [], [], "", f"⚠️ {exc}"
     except Exception as exc:  # keep the app alive and say what happened
@@ -178,9 +179,9 @@ def save(ctx: AppContext, current: str | None, name: str, table: Any) -> tuple[s
             ds = store.publish(src, dest, name=dest.name, workspace=ws)
         else:
             store.register(ws, ds)
-    except (DatasetError, WorkspaceError) as exc:
+    except StudioError as exc:
         return current, gr.update(), f"⚠️ {exc}"
-    choices = [d["name"] for d in store.list_datasets(ws)]
+    choices = dataset_names(ctx)
     return (str(ds.path), gr.update(choices=choices, value=ds.path.name),
             f"✅ Saved {ds.info['count']} image(s) to {ds.path} (hash {ds.info['hash'][:12]}).")
 
@@ -194,7 +195,7 @@ def open_existing(ctx: AppContext, name: str) -> tuple[str | None, list, list, s
         if match is None:
             raise DatasetError(f"The dataset {name!r} was not found; refresh the list.")
         ds = store.open_dataset(match["path"])
-    except DatasetError as exc:
+    except StudioError as exc:
         return None, [], [], "", "", "", "", f"⚠️ {exc}"
     return (str(ds.path), gallery_value(ds), table_value(ds), report_markdown(ds),
             ds.path.name, ds.info.get("trigger", ""), ds.info.get("class_word", ""),
@@ -211,135 +212,169 @@ def bulk(rows_in: Any, op: str, a: str, b: str = "", regex: bool = False) -> tup
             caps = cap.add_prefix(caps, a)
         else:
             caps = cap.add_suffix(caps, a)
-    except DatasetError as exc:
+    except StudioError as exc:
         return rows, f"⚠️ {exc}"
     for r, c in zip(rows, caps, strict=True):
         r[2] = c
     return rows, f"Edited {len(rows)} caption(s); Save to keep the changes."
 
 
+def dataset_names(ctx: AppContext) -> list[str]:
+    return [d["name"] for d in store.list_datasets(ctx.workspace)]
+
+
+def trigger_note(trigger: str, class_word: str) -> str:
+    return "\n".join(f"⚠️ {w}" for w in cap.trigger_warnings(trigger, class_word))
+
+
+def select_row(rows_in: Any, evt: gr.SelectData) -> tuple[Any, Any]:
+    """A click on a table cell or a gallery image: that row's index and caption."""
+    rows = _rows(rows_in)
+    idx = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    if idx is None or not (0 <= int(idx) < len(rows)):
+        return gr.update(), gr.update()
+    return int(idx), str(rows[int(idx)][2])
+
+
+def apply_caption(rows_in: Any, idx: Any, text: str) -> tuple[list, str]:
+    rows = _rows(rows_in)
+    i = int(idx or 0)
+    if not (0 <= i < len(rows)):
+        return rows, "⚠️ No such row."
+    rows[i][2] = re.sub(r"\s+", " ", str(text or "")).strip()
+    return rows, f"Caption of {rows[i][0]} changed; Save to keep it."
+
+
+class _Handlers:
+    """The tab's event handlers that need the app context."""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    def process(self, files, trigger, class_word, template, framing, detector, no_face,
+                progress=gr.Progress()):
+        path, gal, rows, rep, msg = process(self.ctx, files, trigger, class_word, template,
+                                            framing, detector, no_face, progress)
+        return path, gal, rows, rep, msg, lint_markdown(rows, trigger, class_word)
+
+    def save(self, current, name, table):
+        return save(self.ctx, current, name, table)
+
+    def open(self, name):
+        return open_existing(self.ctx, name)
+
+    def choices(self):
+        return gr.update(choices=dataset_names(self.ctx))
+
+
 def build(ctx: AppContext) -> dict:
-    ws = ctx.workspace
     with gr.Tab("Dataset", id="dataset"):
         if ctx.demo:
             gr.Markdown(ctx.demo_note)
-        current = gr.State(None)
+        w: dict[str, Any] = {"current": gr.State(None)}
         with gr.Row():
-            existing = gr.Dropdown([d["name"] for d in store.list_datasets(ws)], value=None,
-                                   label="Existing datasets", elem_id="ds-existing", scale=3)
-            open_btn = gr.Button("Open", size="sm", elem_id="ds-open", scale=1)
-            refresh = gr.Button("Refresh list", size="sm", scale=1)
+            w["existing"] = gr.Dropdown(dataset_names(ctx), value=None, label="Existing datasets",
+                                        elem_id="ds-existing", scale=3)
+            w["open"] = gr.Button("Open", size="sm", elem_id="ds-open", scale=1)
+            w["refresh"] = gr.Button("Refresh list", size="sm", scale=1)
         with gr.Row():
             with gr.Column(scale=2):
-                files = gr.File(label="Photos (drag and drop several files or a zip)",
-                                file_count="multiple", file_types=UPLOAD_TYPES,
-                                elem_id="ds-upload")
-                with gr.Row():
-                    trigger = gr.Textbox(value=cap.DEFAULT_TRIGGER, label="Trigger",
-                                         elem_id="ds-trigger",
-                                         info="A rare token such as ohwx, sks or TOK.")
-                    class_word = gr.Textbox(value=cap.DEFAULT_CLASS_WORD, label="Class word",
-                                            elem_id="ds-class", info="person, man, woman ...")
-                template = gr.Textbox(value=cap.DEFAULT_TEMPLATE, label="Caption template",
-                                      elem_id="ds-template",
-                                      info="{trigger}, {class_word} and {caption} (BLIP's text).")
-                trigger_note = gr.Markdown(elem_id="ds-trigger-note")
-                framing = gr.Radio(FRAMING_CHOICES, value=DEFAULT_FRAMING, label="Framing",
-                                   elem_id="ds-framing",
-                                   info="; ".join(f"{k}: {v}" for k, v in FRAMING_HELP.items()))
-                with gr.Row():
-                    detector = gr.Dropdown(DETECTOR_CHOICES, value="auto", label="Face detector",
-                                           elem_id="ds-detector",
-                                           info="auto: RetinaFace, or OpenCV Haar offline.")
-                    no_face = gr.Radio(["keep", "drop"], value="keep",
-                                       label="Photos without a face", elem_id="ds-noface")
-                process_btn = gr.Button("Process photos", variant="primary",
-                                        elem_id="ds-process")
-                status = gr.Markdown(elem_id="ds-status")
+                w.update(_settings())
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Original | crop", columns=2, height=420,
-                                     object_fit="contain", elem_id="ds-gallery")
-                report = gr.Markdown(elem_id="ds-report")
-        gr.Markdown("#### Captions\nEdit a caption in the table (or select a row and use the "
-                    "editor below); type *no* in the keep column to drop an image.")
-        table = gr.Dataframe(headers=HEADERS, datatype=["str", "str", "str", "str"],
-                             type="array", interactive=True, static_columns=[0, 1], wrap=True,
-                             column_widths=["10%", "18%", "62%", "10%"], elem_id="ds-captions")
+                w["gallery"] = gr.Gallery(label="Original | crop", columns=2, height=420,
+                                          object_fit="contain", elem_id="ds-gallery")
+                w["report"] = gr.Markdown(elem_id="ds-report")
+        w.update(_caption_editor())
         with gr.Row():
-            row_idx = gr.Number(value=0, precision=0, label="Row", minimum=0, scale=1,
-                                elem_id="ds-row")
-            one_caption = gr.Textbox(label="Caption of the selected row", scale=5,
-                                     elem_id="ds-caption-edit")
-            apply_one = gr.Button("Apply", size="sm", scale=1, elem_id="ds-caption-apply")
-        with gr.Row():
-            find = gr.Textbox(label="Find", elem_id="ds-find")
-            replace = gr.Textbox(label="Replace with", elem_id="ds-replace")
-            use_regex = gr.Checkbox(label="Regex", value=False)
-            replace_btn = gr.Button("Replace all", size="sm", elem_id="ds-replace-btn")
-        with gr.Row():
-            affix = gr.Textbox(label="Prefix / suffix text", elem_id="ds-affix")
-            prefix_btn = gr.Button("Add prefix", size="sm", elem_id="ds-prefix-btn")
-            suffix_btn = gr.Button("Add suffix", size="sm", elem_id="ds-suffix-btn")
-        lint = gr.Markdown(elem_id="ds-lint")
-        with gr.Row():
-            name = gr.Textbox(label="Dataset name", value="my-dataset", elem_id="ds-name",
-                              info="Letters, digits, '.', '_' or '-'.", scale=3)
-            save_btn = gr.Button("Save dataset", variant="primary", elem_id="ds-save", scale=1)
-        save_status = gr.Markdown(elem_id="ds-save-status")
+            w["name"] = gr.Textbox(label="Dataset name", value="my-dataset", elem_id="ds-name",
+                                   info="Letters, digits, '.', '_' or '-'.", scale=3)
+            w["save"] = gr.Button("Save dataset", variant="primary", elem_id="ds-save", scale=1)
+        w["save_status"] = gr.Markdown(elem_id="ds-save-status")
+        _connect(_Handlers(ctx), w)
+    return {"files": w["files"], "table": w["table"], "gallery": w["gallery"], "save": w["save"]}
 
-        def on_process(files_, trigger_, class_, template_, framing_, detector_, no_face_,
-                       progress=gr.Progress()):
-            path, gal, rows, rep, msg = process(ctx, files_, trigger_, class_, template_,
-                                                framing_, detector_, no_face_, progress)
-            return path, gal, rows, rep, msg, lint_markdown(rows, trigger_, class_)
 
-        process_btn.click(on_process, [files, trigger, class_word, template, framing, detector,
-                                       no_face],
-                          [current, gallery, table, report, status, lint],
-                          concurrency_limit=1, concurrency_id="gpu")
+def _settings() -> dict[str, Any]:
+    """Upload, trigger, class word, template, framing, detector and the Process button."""
+    w: dict[str, Any] = {}
+    w["files"] = gr.File(label="Photos (drag and drop several files or a zip)",
+                         file_count="multiple", file_types=UPLOAD_TYPES, elem_id="ds-upload")
+    with gr.Row():
+        w["trigger"] = gr.Textbox(value=cap.DEFAULT_TRIGGER, label="Trigger", elem_id="ds-trigger",
+                                  info="A rare token such as ohwx, sks or TOK.")
+        w["class_word"] = gr.Textbox(value=cap.DEFAULT_CLASS_WORD, label="Class word",
+                                     elem_id="ds-class", info="person, man, woman ...")
+    w["template"] = gr.Textbox(value=cap.DEFAULT_TEMPLATE, label="Caption template",
+                               elem_id="ds-template",
+                               info="{trigger}, {class_word} and {caption} (BLIP's text).")
+    w["trigger_note"] = gr.Markdown(elem_id="ds-trigger-note")
+    w["framing"] = gr.Radio(FRAMING_CHOICES, value=DEFAULT_FRAMING, label="Framing",
+                            elem_id="ds-framing",
+                            info="; ".join(f"{k}: {v}" for k, v in FRAMING_HELP.items()))
+    with gr.Row():
+        w["detector"] = gr.Dropdown(DETECTOR_CHOICES, value="auto", label="Face detector",
+                                    elem_id="ds-detector",
+                                    info="auto: RetinaFace, or OpenCV Haar offline.")
+        w["no_face"] = gr.Radio(["keep", "drop"], value="keep", label="Photos without a face",
+                                elem_id="ds-noface")
+    w["process"] = gr.Button("Process photos", variant="primary", elem_id="ds-process")
+    w["status"] = gr.Markdown(elem_id="ds-status")
+    return w
 
-        def on_trigger(t, c):
-            return "\n".join(f"⚠️ {w}" for w in cap.trigger_warnings(t, c))
 
-        trigger.change(on_trigger, [trigger, class_word], trigger_note)
-        class_word.change(on_trigger, [trigger, class_word], trigger_note)
-        table.change(lint_markdown, [table, trigger, class_word], lint)
+def _caption_editor() -> dict[str, Any]:
+    """The caption table, the one-row editor and the bulk edits."""
+    w: dict[str, Any] = {}
+    gr.Markdown("#### Captions\nEdit a caption in the table (or select a row and use the "
+                "editor below); type *no* in the keep column to drop an image.")
+    w["table"] = gr.Dataframe(headers=HEADERS, datatype=["str", "str", "str", "str"],
+                              type="array", interactive=True, static_columns=[0, 1], wrap=True,
+                              column_widths=["10%", "18%", "62%", "10%"], elem_id="ds-captions")
+    with gr.Row():
+        w["row_idx"] = gr.Number(value=0, precision=0, label="Row", minimum=0, scale=1,
+                                 elem_id="ds-row")
+        w["one_caption"] = gr.Textbox(label="Caption of the selected row", scale=5,
+                                      elem_id="ds-caption-edit")
+        w["apply_one"] = gr.Button("Apply", size="sm", scale=1, elem_id="ds-caption-apply")
+    with gr.Row():
+        w["find"] = gr.Textbox(label="Find", elem_id="ds-find")
+        w["replace"] = gr.Textbox(label="Replace with", elem_id="ds-replace")
+        w["use_regex"] = gr.Checkbox(label="Regex", value=False)
+        w["replace_btn"] = gr.Button("Replace all", size="sm", elem_id="ds-replace-btn")
+    with gr.Row():
+        w["affix"] = gr.Textbox(label="Prefix / suffix text", elem_id="ds-affix")
+        w["prefix_btn"] = gr.Button("Add prefix", size="sm", elem_id="ds-prefix-btn")
+        w["suffix_btn"] = gr.Button("Add suffix", size="sm", elem_id="ds-suffix-btn")
+    w["lint"] = gr.Markdown(elem_id="ds-lint")
+    return w
 
-        def on_select(rows_, evt: gr.SelectData):
-            rows = _rows(rows_)
-            idx = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            if idx is None or not (0 <= int(idx) < len(rows)):
-                return gr.update(), gr.update()
-            return int(idx), str(rows[int(idx)][2])
 
-        table.select(on_select, [table], [row_idx, one_caption])
-        gallery.select(on_select, [table], [row_idx, one_caption])
+def _connect(h: _Handlers, w: dict[str, Any]) -> None:
+    """The tab's events."""
+    settings = [w[k] for k in ("files", "trigger", "class_word", "template", "framing",
+                               "detector", "no_face")]
+    w["process"].click(h.process, settings, [w[k] for k in ("current", "gallery", "table",
+                                                            "report", "status", "lint")],
+                       concurrency_limit=1, concurrency_id="gpu")
+    for box in (w["trigger"], w["class_word"]):
+        box.change(trigger_note, [w["trigger"], w["class_word"]], w["trigger_note"])
+    w["table"].change(lint_markdown, [w["table"], w["trigger"], w["class_word"]], w["lint"])
+    for source in (w["table"], w["gallery"]):
+        source.select(select_row, [w["table"]], [w["row_idx"], w["one_caption"]])
+    edited = [w["table"], w["save_status"]]
+    w["apply_one"].click(apply_caption, [w["table"], w["row_idx"], w["one_caption"]], edited)
+    w["replace_btn"].click(lambda r, a, b, x: bulk(r, "replace", a, b, x),
+                           [w["table"], w["find"], w["replace"], w["use_regex"]], edited)
+    w["prefix_btn"].click(lambda r, a: bulk(r, "prefix", a), [w["table"], w["affix"]], edited)
+    w["suffix_btn"].click(lambda r, a: bulk(r, "suffix", a), [w["table"], w["affix"]], edited)
+    w["save"].click(h.save, [w["current"], w["name"], w["table"]],
+                    [w["current"], w["existing"], w["save_status"]])
+    w["open"].click(h.open, [w["existing"]],
+                    [w[k] for k in ("current", "gallery", "table", "report", "name", "trigger",
+                                    "class_word", "status")])
+    w["refresh"].click(h.choices, None, w["existing"])
+    # Every page load (a browser refresh, a restarted app) lists the datasets on disk.
+    from gradio.context import Context
 
-        def on_apply(rows_, idx, text):
-            rows = _rows(rows_)
-            i = int(idx or 0)
-            if not (0 <= i < len(rows)):
-                return rows, "⚠️ No such row."
-            rows[i][2] = re.sub(r"\s+", " ", str(text or "")).strip()
-            return rows, f"Caption of {rows[i][0]} changed; Save to keep it."
-
-        apply_one.click(on_apply, [table, row_idx, one_caption], [table, save_status])
-        replace_btn.click(lambda r, a, b, x: bulk(r, "replace", a, b, x),
-                          [table, find, replace, use_regex], [table, save_status])
-        prefix_btn.click(lambda r, a: bulk(r, "prefix", a), [table, affix], [table, save_status])
-        suffix_btn.click(lambda r, a: bulk(r, "suffix", a), [table, affix], [table, save_status])
-
-        save_btn.click(lambda c, n, t: save(ctx, c, n, t), [current, name, table],
-                       [current, existing, save_status])
-        open_btn.click(lambda n: open_existing(ctx, n), [existing],
-                       [current, gallery, table, report, name, trigger, class_word, status])
-        def choices():
-            return gr.update(choices=[d["name"] for d in store.list_datasets(ws)])
-
-        refresh.click(choices, None, existing)
-        # Every page load (a browser refresh, a restarted app) lists the datasets on disk.
-        from gradio.context import Context
-
-        if Context.root_block is not None:
-            Context.root_block.load(choices, None, existing)
-    return {"files": files, "table": table, "gallery": gallery, "save": save_btn}
+    if Context.root_block is not None:
+        Context.root_block.load(h.choices, None, w["existing"])

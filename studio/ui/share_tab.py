@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.dataset import store
 from studio.share.hub import ShareError, push_dataset, push_run, scrub
 from studio.share.runfiles import list_checkpoints
 from studio.ui.context import AppContext
@@ -81,7 +82,7 @@ def on_push_dataset(ctx: AppContext, dataset_name: str, repo_id: str, private: b
         if not dataset_name:
             raise ShareError("Pick a dataset first.")
         safe_name(dataset_name, "dataset name")
-        match = [d for d in ctx.workspace.list_datasets() if d["name"] == dataset_name]
+        match = [d for d in store.list_datasets(ctx.workspace) if d["name"] == dataset_name]
         path = Path(match[0]["path"]) if match else ctx.workspace.dataset_path(dataset_name)
         res = push_dataset(path, repo_id, private=bool(private), token=token or None,
                            progress=_progress_fn(progress))
@@ -105,7 +106,7 @@ def on_bundle(ctx: AppContext, run_name: str, checkpoint: str | None) -> tuple[s
 
 
 def _dataset_names(ctx: AppContext) -> list[str]:
-    names = [d["name"] for d in ctx.workspace.list_datasets()]
+    names = [d["name"] for d in store.list_datasets(ctx.workspace)]
     root = ctx.workspace.datasets_dir
     for p in sorted(root.iterdir()) if root.is_dir() else []:
         if p.name not in names and (p / "images" / "metadata.jsonl").is_file():

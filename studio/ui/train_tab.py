@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from studio import config as cfgmod
+from studio.dataset import store
 from studio.jobs.service import JobService as Runner
 from studio.jobs.service import get_service as get_runner
 from studio.jobs.table import JobError
@@ -158,7 +159,7 @@ def preset_note(preset: str | None) -> str:
 # ---- pure view helpers (tested without a browser) --------------------------------------------
 def dataset_choices(ctx: AppContext) -> list[tuple[str, str]]:
     out = []
-    for d in ctx.workspace.list_datasets():
+    for d in store.list_datasets(ctx.workspace):
         info = d.get("info") or {}
         count = info.get("count")
         label = d["name"] + (f" ({count} images)" if count else "")
