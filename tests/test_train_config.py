@@ -56,6 +56,17 @@ def test_preset_values_follow_the_seeds():
     assert load_config(preset="style").validation.every_n_epochs == 2
 
 
+def test_every_optimizer_name_has_a_builder():
+    """train.optimizer's choices and the optimizer table are the same names."""
+    import typing
+
+    from studio.config import TrainSection
+    from studio.train.optimizers import OPTIMIZERS
+
+    names = typing.get_args(TrainSection.model_fields["optimizer"].annotation)
+    assert set(names) == set(OPTIMIZERS)
+
+
 def test_overrides_are_yaml_scalars_and_win_over_preset(tmp_path):
     cfg = load_config(preset="portrait", overrides=["train.learning_rate=2e-4", "lora.rank=8",
                                                     "data.random_flip=true",
