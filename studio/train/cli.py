@@ -79,9 +79,9 @@ def _write_failure(out: str | None, message: str) -> None:
     if not out:
         return
     try:
-        from studio.runs.events import EventWriter
+        from studio.runs.folder import RunFolder
 
-        w = EventWriter(Path(out).expanduser())
+        w = RunFolder(out).event_writer()
         w.error(message)
         w.end("failed", 0, message)
     except OSError:
