@@ -2,7 +2,7 @@
 
 Builds full-size SDXL components (UNet, VAE, both CLIP text encoders) from the public configs of
 stabilityai/stable-diffusion-xl-base-1.0 with random weights (speed and memory do not depend on
-the weight values, and no weights can be downloaded), then runs ``studio.train.trainer`` for the
+the weight values, and no weights can be downloaded), then runs ``studio.train.loop`` for the
 given presets at 1024 px, batch 1, and prints one JSON object::
 
     python benchmarks/bench_train.py --presets portrait low-vram --steps 20 --warmup 3
@@ -39,22 +39,19 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 def make_trainer_class(tiny: bool):
     import torch
 
-    from studio.train.trainer import Trainer
+    from studio.train.loop import Trainer
+    from studio.train.sdxl import SDXLModels
 
     class BenchTrainer(Trainer):
         """The production trainer with random-weight models instead of from_pretrained."""
 
-        def _load_models(self):
+        def _load_models(self) -> SDXLModels:
             from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
             from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
             from studio.tiny import build_sdxl_components
 
             tiny_parts = build_sdxl_components()
-            self.base = "random-weights(sdxl-base-1.0 configs)" if not tiny else "tiny"
-            self.vae_src = None
-            self.tokenizers = [tiny_parts["tokenizer"], tiny_parts["tokenizer_2"]]
-            self.noise_scheduler = DDPMScheduler(**SCHEDULER)
             dev = self.acc.device
             if tiny:
                 unet, vae = tiny_parts["unet"], tiny_parts["vae"]
@@ -67,12 +64,15 @@ def make_trainer_class(tiny: bool):
                     te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))
             for m in (unet, vae, te1, te2):
                 m.requires_grad_(False)
-            self.vae_dtype = torch.float32 if vae.config.get("force_upcast", True) else self.weight_dtype
-            vae.to(dev, dtype=self.vae_dtype)
+            vae_dtype = torch.float32 if vae.config.get("force_upcast", True) else self.weight_dtype
+            vae.to(dev, dtype=vae_dtype)
             for m in (unet, te1, te2):
                 m.to(dev, dtype=self.weight_dtype)
-            self.unet, self.vae, self.text_encoders = unet, vae, [te1, te2]
-            self.prediction_type = "epsilon"
+            return SDXLModels(
+                base="random-weights(sdxl-base-1.0 configs)" if not tiny else "tiny", vae_src=None,
+                tokenizers=[tiny_parts["tokenizer"], tiny_parts["tokenizer_2"]],
+                noise_scheduler=DDPMScheduler(**SCHEDULER), text_encoders=[te1, te2], unet=unet,
+                vae=vae, vae_dtype=vae_dtype, prediction_type="epsilon")
 
         def _sampling_scheduler(self):
             from diffusers import EulerDiscreteScheduler
@@ -99,7 +99,7 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
     import torch
 
     from studio.config import load_config
-    from studio.train.trainer import TrainCallbacks
+    from studio.train.callbacks import TrainCallbacks
 
     res = 64 if tiny else 1024
     ds = make_images(work / "data", 2, res)

@@ -8,11 +8,22 @@ every level). The final config of a run is built in layers::
 and saved as ``RUN/config.yaml`` so ``python -m studio train --config RUN/config.yaml`` reproduces
 the run. Every error is a :class:`ConfigError` whose message is one line naming the key, e.g.
 ``train.learnin_rate: unknown setting`` or ``train.learning_rate: must be > 0 (got -1)``.
+
+Versions (OneTrainer's pattern): a saved config carries ``config_version``. A config file is
+migrated from the version it states to :data:`CONFIG_VERSION` before it is validated, one step
+at a time (``MIGRATIONS[v]`` turns a version-v dict into a version-v+1 dict); a file without the
+key is version 0, the format written before versions existed. So when a setting is renamed, bump
+CONFIG_VERSION and append a migration that renames the old key: every run saved before still
+loads and resumes. Presets are sparse and written against the current version: the bundled ones
+change with the code, in the same commit as a migration, so a preset without ``config_version``
+is taken as current and not migrated; a preset that states a version (a run's config.yaml used
+as a preset) is migrated like a config file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +194,8 @@ class LoggingSection(_Section):
 class TrainConfig(_Section):
     """One training job."""
 
+    config_version: int = Field(default_factory=lambda: CONFIG_VERSION, description="Format "
+                                "version of this config (files are migrated to it when they load).")
     output_dir: str | None = Field(None, description="Run folder (set by --out).")
     model: ModelSection = Field(default_factory=ModelSection, description="Base model and VAE.")
     data: DataSection = Field(default_factory=DataSection, description="Dataset and transforms.")
@@ -194,8 +207,46 @@ class TrainConfig(_Section):
                                           description="Validation images.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Experiment trackers.")
 
+    @field_validator("config_version")
+    @classmethod
+    def _current_version(cls, v: int) -> int:
+        if v != CONFIG_VERSION:
+            raise ValueError(f"must be {CONFIG_VERSION}, the version this studio writes (got {v}); "
+                             "a config file's own version is migrated when it loads")
+        return v
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ---- versions ---------------------------------------------------------------------------------
+CONFIG_VERSION = 1
+
+
+def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 only added ``config_version`` itself (stamped by :func:`migrate`)."""
+    return data
+
+
+# MIGRATIONS[v]: a config dict of version v -> the same settings in version v + 1.
+MIGRATIONS: list[Callable[[dict[str, Any]], dict[str, Any]]] = [_v0_to_v1]
+
+
+def migrate(data: dict[str, Any], default_version: int = 0) -> dict[str, Any]:
+    """A raw config dict (read from a file) migrated to :data:`CONFIG_VERSION`; a dict without
+    ``config_version`` is ``default_version``. The input is not changed."""
+    version = data.get("config_version", default_version)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ConfigError(f"config_version: must be a whole number >= 0 (got {version!r})")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"config_version: {version} is newer than this studio reads "
+                          f"({CONFIG_VERSION}); update the studio to load this config.")
+    data = dict(data)
+    while version < CONFIG_VERSION:
+        data = MIGRATIONS[version](data)
+        version += 1
+        data["config_version"] = version
+    return data
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -305,6 +356,17 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> dict[s
     return out
 
 
+def _checked(raw: dict[str, Any], label: str, default_version: int) -> dict[str, Any]:
+    """One file's settings, migrated to the current version and validated on their own (so an
+    error names the file)."""
+    try:
+        data = migrate(raw, default_version)
+        validate_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    return data
+
+
 def load_config(preset: str | None = None, config_path: str | Path | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Build the final config: defaults <- preset <- config file <- dotted overrides.
@@ -314,18 +376,11 @@ def load_config(preset: str | None = None, config_path: str | Path | None = None
     data: dict[str, Any] = {}
     if preset:
         p = preset_path(preset)
-        try:
-            validate_config(_read_yaml(p, "preset"))
-        except ConfigError as exc:
-            raise ConfigError(f"preset {p.name}: {exc}") from None
-        data = deep_merge(data, _read_yaml(p, "preset"))
+        data = deep_merge(data, _checked(_read_yaml(p, "preset"), f"preset {p.name}",
+                                         default_version=CONFIG_VERSION))
     if config_path:
         cp = Path(config_path).expanduser()
-        try:
-            validate_config(_read_yaml(cp, "config file"))
-        except ConfigError as exc:
-            raise ConfigError(f"{cp.name}: {exc}") from None
-        data = deep_merge(data, _read_yaml(cp, "config file"))
+        data = deep_merge(data, _checked(_read_yaml(cp, "config file"), cp.name, default_version=0))
     for text in overrides:
         parts, value = parse_override(text)
         data = apply_override(data, parts, value)

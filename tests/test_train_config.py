@@ -56,6 +56,17 @@ def test_preset_values_follow_the_seeds():
     assert load_config(preset="style").validation.every_n_epochs == 2
 
 
+def test_every_optimizer_name_has_a_builder():
+    """train.optimizer's choices and the optimizer table are the same names."""
+    import typing
+
+    from studio.config import TrainSection
+    from studio.train.optimizers import OPTIMIZERS
+
+    names = typing.get_args(TrainSection.model_fields["optimizer"].annotation)
+    assert set(names) == set(OPTIMIZERS)
+
+
 def test_overrides_are_yaml_scalars_and_win_over_preset(tmp_path):
     cfg = load_config(preset="portrait", overrides=["train.learning_rate=2e-4", "lora.rank=8",
                                                     "data.random_flip=true",
@@ -162,3 +173,93 @@ def test_set_takes_several_pairs_and_repeats():
                                       "train.learning_rate=2e-4", "lora.rank=8", "--set",
                                       "data.resolution=512"])
     assert args.overrides == ["train.learning_rate=2e-4", "lora.rank=8", "data.resolution=512"]
+
+
+# ---- config versions -------------------------------------------------------------------------
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_config_written_before_versions_loads_as_the_current_version(tmp_path):
+    """tests/fixtures/config_v0.yaml is a run's config.yaml exactly as the code before config
+    versions wrote it (no config_version key)."""
+    from studio.config import CONFIG_VERSION
+
+    raw = yaml.safe_load((FIXTURES / "config_v0.yaml").read_text())
+    assert "config_version" not in raw
+    cfg = load_config(config_path=FIXTURES / "config_v0.yaml")
+    assert cfg == load_config(preset="portrait", overrides=[
+        "data.dataset=/home/me/.studio/datasets/ohwx-person",
+        "output_dir=/home/me/.studio/runs/ohwx-portrait"])
+    assert cfg.config_version == CONFIG_VERSION == 1
+    # saved again, it states its version and loads to the same config
+    p = tmp_path / "config.yaml"
+    p.write_text(cfg.to_yaml())
+    assert yaml.safe_load(p.read_text())["config_version"] == CONFIG_VERSION
+    assert load_config(config_path=p) == cfg
+
+
+def _rename_lr(data: dict) -> dict:
+    """A fake migration: an old spelling train.lr became train.learning_rate."""
+    train = dict(data.get("train") or {})
+    if "lr" in train:
+        train["learning_rate"] = train.pop("lr")
+    return {**data, "train": train}
+
+
+def test_a_migration_renames_an_old_key_before_validation(tmp_path, monkeypatch):
+    from studio import config as cfgmod
+
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  lr: 3.0e-4\n")  # no config_version: version 0
+    current = tmp_path / "current.yaml"
+    current.write_text(f"config_version: {cfgmod.CONFIG_VERSION}\ntrain:\n  lr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=r"^old.yaml: train.lr: unknown setting$"):
+        load_config(config_path=old)
+    monkeypatch.setattr(cfgmod, "MIGRATIONS", [_rename_lr])  # as if 0 -> 1 had renamed it
+    assert load_config(config_path=old).train.learning_rate == 3e-4
+    # a file already at the current version is not migrated
+    with pytest.raises(ConfigError, match=r"^current.yaml: train.lr: unknown setting$"):
+        load_config(config_path=current)
+
+
+def test_migrations_chain_up_to_a_new_version(tmp_path, monkeypatch):
+    from studio import config as cfgmod
+
+    v0 = tmp_path / "v0.yaml"
+    v0.write_text((FIXTURES / "config_v0.yaml").read_text().replace("learning_rate:", "lr:"))
+    monkeypatch.setattr(cfgmod, "CONFIG_VERSION", 2)
+    monkeypatch.setattr(cfgmod, "MIGRATIONS", [*cfgmod.MIGRATIONS, _rename_lr])
+    cfg = load_config(config_path=v0)
+    assert cfg.config_version == 2 and cfg.train.learning_rate == 1e-4 and cfg.lora.rank == 16
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text("config_version: 1\ntrain:\n  lr: 5.0e-5\n")
+    assert load_config(config_path=v1).train.learning_rate == 5e-5
+    assert load_config().config_version == 2  # a new config is the current version
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("config_version: 9\n", "c.yaml: config_version: 9 is newer than this studio reads (1)"),
+    ("config_version: one\n", "c.yaml: config_version: must be a whole number >= 0"),
+])
+def test_a_bad_or_newer_version_is_one_line(tmp_path, text, expected):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(config_path=p)
+    assert str(ei.value).startswith(expected) and "\n" not in str(ei.value)
+    with pytest.raises(ConfigError, match=r"^config_version: must be 1"):
+        load_config(overrides=["config_version=0"])
+
+
+def test_a_preset_without_a_version_is_current_and_one_with_a_version_is_migrated(tmp_path,
+                                                                                   monkeypatch):
+    from studio import config as cfgmod
+
+    monkeypatch.setattr(cfgmod, "MIGRATIONS", [_rename_lr])
+    sparse = tmp_path / "sparse.yaml"
+    sparse.write_text("train:\n  lr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=r"^preset sparse.yaml: train.lr: unknown setting$"):
+        load_config(preset=str(sparse))
+    stated = tmp_path / "stated.yaml"
+    stated.write_text("config_version: 0\ntrain:\n  lr: 3.0e-4\n")
+    assert load_config(preset=str(stated)).train.learning_rate == 3e-4

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from _train_support import fast_overrides, make_dataset
 from lora_utils import assert_every_lora_tensor_loaded
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from studio.config import load_config
 from studio.runs.events import read_events
-from studio.train.trainer import TrainingError, train
+from studio.train.errors import TrainingError
+from studio.train.loop import train
 
 WIDE = "lora.target_modules=[to_k,to_q,to_v,to_out.0,proj_in,proj_out,ff.net.2,conv1,conv2]"
 
@@ -45,6 +47,11 @@ def test_overfits_and_writes_the_run_folder(trained):
                  "lora_kohya.safetensors", "README.md", "manifest.json",
                  "checkpoints/checkpoint-000012/COMPLETE", "samples/step-000012/0.png"):
         assert (run / name).exists(), name
+    # every Kohya file, the run's and each checkpoint's, says it is an SDXL LoRA (A1111/Forge)
+    for kohya in (run / "lora_kohya.safetensors",
+                  run / "checkpoints" / "checkpoint-000012" / "lora_kohya.safetensors"):
+        with safe_open(str(kohya), "pt") as fh:
+            assert fh.metadata()["ss_base_model_version"].startswith("sdxl_"), kohya
     ev = read_events(run)
     assert ev[0]["type"] == "start" and ev[0]["step"] == 0 and ev[0]["total_steps"] == 12
     steps = [e for e in ev if e["type"] == "step"]
@@ -90,7 +97,6 @@ def test_text_encoder_lora_and_kohya_file_match_diffusers(tmp_path, tiny_models,
     image as the diffusers file in diffusers."""
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from safetensors.torch import load_file
 
     run = tmp_path / "run"
     cfg = load_config(overrides=fast_overrides(run, dataset, tiny_models["base"]) + [
@@ -155,12 +161,12 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_models, dataset
 def test_out_of_memory_names_the_settings(tmp_path, tiny_models, dataset, monkeypatch):
     import torch
 
-    from studio.train import trainer as tr
+    from studio.train import loop
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(tr.Trainer, "_loss", oom)
+    monkeypatch.setattr(loop, "training_loss", oom)
     cfg = load_config(overrides=fast_overrides(tmp_path / "run", dataset, tiny_models["base"]))
     with pytest.raises(TrainingError) as ei:
         train(cfg)

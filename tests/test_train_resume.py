@@ -68,10 +68,16 @@ def test_kill9_mid_save_leaves_a_resumable_run(tmp_path, tiny_models, dataset):
     assert list(ck.glob(".tmp-*"))
 
     from studio.config import load_config
-    from studio.train.trainer import train
+    from studio.train.loop import train
 
-    cfg = load_config(config_path=run / "config.yaml")
+    # resume as a run saved before config versions would: its config.yaml has no config_version
+    cfg_file = run / "config.yaml"
+    text = cfg_file.read_text()
+    assert text.startswith("config_version: 1\n")
+    cfg_file.write_text(text.removeprefix("config_version: 1\n"))
+    cfg = load_config(config_path=cfg_file)
     result = train(cfg, resume="latest")
+    assert cfg_file.read_text() == text  # saved again, at the current version
     assert result.status == "finished" and result.step == 6
     assert not list(ck.glob(".tmp-*"))
     ev = read_events(run)

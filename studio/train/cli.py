@@ -18,7 +18,7 @@ from pathlib import Path
 
 from studio.config import ConfigError
 from studio.errors import StudioError, first_line
-from studio.train.trainer import TrainCallbacks
+from studio.train.callbacks import TrainCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def _write_failure(out: str | None, message: str) -> None:
     if not out:
         return
     try:
-        from studio.runs.events import EventWriter
+        from studio.runs.folder import RunFolder
 
-        w = EventWriter(Path(out).expanduser())
+        w = RunFolder(out).event_writer()
         w.error(message)
         w.end("failed", 0, message)
     except OSError:
@@ -90,7 +90,7 @@ def _write_failure(out: str | None, message: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from studio.config import load_config
-    from studio.train.trainer import Trainer
+    from studio.train.loop import Trainer
 
     overrides = list(args.overrides)
     if args.dataset:

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from studio.config import TrainConfig
 from studio.dataset import DatasetError
-from studio.dataset.sources import IMAGE_EXTS, Example, LoadedDataset, default_instance_prompt
+from studio.dataset.sources import (
+    IMAGE_EXTS,
+    Example,
+    LoadedDataset,
+    default_instance_prompt,
+    load_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +193,41 @@ def ensure_class_images(folder: Path, wanted: int, prompt: str, make_pipeline, r
         atomic_write(folder / name, lambda p, im=img: im.save(p, format="PNG"))
     del pipe
     return class_images(folder)[:wanted]
+
+
+# ---- the training data of a run -------------------------------------------------------------
+@dataclass
+class TrainingData:
+    source: LoadedDataset
+    instance_prompt: str
+    dataset: TrainDataset
+    sampler: EpochSampler
+    loader: Any  # torch DataLoader of (epoch, index) keys
+
+
+def training_data(cfg: TrainConfig, class_images_dir: Path,
+                  ensure_class: Callable[[Path, str], None]) -> TrainingData:
+    """Read the dataset (through :mod:`studio.dataset.sources`) and build the loader. With prior
+    preservation, ``ensure_class(folder, class prompt)`` first makes sure the class images are
+    there (``class_images_dir`` unless data.class_data_dir is set)."""
+    import torch
+
+    d = cfg.data
+    ds = load_dataset(d.dataset or "", d.image_column, d.caption_column)
+    prompts = example_prompts(cfg, ds)
+    inst = instance_prompt(cfg, ds) or prompts[0]
+    class_examples, cprompt = None, None
+    if d.with_prior_preservation:
+        cprompt = class_prompt(cfg, ds)
+        folder = Path(d.class_data_dir).expanduser() if d.class_data_dir else class_images_dir
+        ensure_class(folder, cprompt)
+        class_examples = class_images(folder)[: d.num_class_images]
+        if not class_examples:
+            raise DatasetError(f"data.class_data_dir: no class images in {folder}.")
+    dataset = TrainDataset(ds.examples, prompts, d.resolution, d.crop, d.random_flip, d.repeats,
+                           cfg.train.seed, class_examples, cprompt)
+    sampler = EpochSampler(len(dataset), cfg.train.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                                         collate_fn=collate,
+                                         num_workers=cfg.train.dataloader_num_workers)
+    return TrainingData(ds, inst, dataset, sampler, loader)

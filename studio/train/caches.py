@@ -1,0 +1,128 @@
+"""The latent and text-embedding caches, and the batch inputs read from them.
+
+``data.cache_latents`` encodes every training (and class) image with the VAE once and keeps the
+posterior's mean and std on the CPU (a latent is drawn from them each step, as the VAE would);
+the VAE can then leave the GPU. ``data.cache_text_embeddings`` (frozen text encoders only)
+encodes each prompt once and moves both encoders off the GPU. Without a cache the inputs are
+computed per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from studio.config import TrainConfig
+from studio.train.data import TrainDataset
+from studio.train.sdxl import SDXLModels, encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+class Caches:
+    """The caches of one training run. ``keep_vae``: the VAE stays on the device for sampling
+    during training even when the latents are cached."""
+
+    def __init__(self, models: SDXLModels, device, train_text_encoder: bool, keep_vae: bool):
+        self.m = models
+        self.device = device
+        self.train_text_encoder = train_text_encoder
+        self.keep_vae = keep_vae
+        self.latents: dict[tuple[str, int], Any] = {}
+        self.embeds: dict[str, tuple[Any, Any]] = {}
+
+    def encode_latents(self, pixel_values):
+        """The VAE posterior of a batch of images."""
+        import torch
+
+        with torch.no_grad():
+            return self.m.vae.encode(pixel_values.to(self.device, dtype=self.m.vae_dtype)).latent_dist
+
+    # ---- filling -------------------------------------------------------------------------------
+    def fill(self, cfg: TrainConfig, dataset: TrainDataset) -> list[str]:
+        """Fill the caches the config asks for; returns warnings for the user."""
+        warnings: list[str] = []
+        d = cfg.data
+        if d.cache_latents:
+            if d.crop == "random" or d.random_flip:
+                warnings.append("data.cache_latents freezes one crop/flip per image.")
+            self._cache_latents(dataset)
+            if not self.keep_vae:
+                self.m.vae.to("cpu")
+        if not self.train_text_encoder and d.cache_text_embeddings:
+            prompts = set(dataset.prompts)
+            if dataset.class_prompt:
+                prompts.add(dataset.class_prompt)
+            self._cache_embeddings(sorted(prompts))
+        return warnings
+
+    def _cache_latents(self, dataset: TrainDataset) -> None:
+        for i in range(len(dataset.examples)):
+            it = dataset.item(i, 0)
+            keys = [("instance", it["index"], it["pixel_values"], it["original_size"],
+                     it["crop_top_left"])]
+            if "class_pixel_values" in it:
+                keys.append(("class", it["class_index"], it["class_pixel_values"],
+                             it["class_original_size"], it["class_crop_top_left"]))
+            for kind, idx, px, osz, ctl in keys:
+                if (kind, idx) not in self.latents:
+                    dist = self.encode_latents(px[None])
+                    self.latents[(kind, idx)] = (dist.mean.cpu(), dist.std.cpu(), osz, ctl)
+        for j in range(len(dataset.class_examples)):
+            if ("class", j) not in self.latents:
+                it = dataset.item(j, 0)
+                dist = self.encode_latents(it["class_pixel_values"][None])
+                self.latents[("class", it["class_index"])] = (
+                    dist.mean.cpu(), dist.std.cpu(), it["class_original_size"],
+                    it["class_crop_top_left"])
+
+    def _cache_embeddings(self, prompts: list[str]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p in prompts:
+                e, pooled = encode_prompt(self.m.text_encoders, self.m.tokenizers, [p])
+                self.embeds[p] = (e, pooled)
+        for te in self.m.text_encoders:
+            te.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def offload(self) -> None:
+        """Move what the caches replace off the device again (after sampling used it)."""
+        if self.embeds:
+            for te in self.m.text_encoders:
+                te.to("cpu")
+        if self.latents and not self.keep_vae:
+            self.m.vae.to("cpu")
+
+    # ---- batch inputs ------------------------------------------------------------------------
+    def batch_latents(self, batch: dict[str, Any]):
+        """(latents drawn from the posterior, original sizes, crop top-lefts) of a batch."""
+        import torch
+
+        if not self.latents:
+            latents = self.encode_latents(batch["pixel_values"]).sample()
+            return latents, batch["original_sizes"], batch["crop_top_lefts"]
+        keys = batch["keys"]
+        lat = []
+        for k in keys:
+            mean, std, _, _ = self.latents[tuple(k)]
+            lat.append(mean + std * torch.randn_like(mean))
+        latents = torch.cat(lat).to(self.device)
+        osz = [self.latents[tuple(k)][2] for k in keys]
+        ctl = [self.latents[tuple(k)][3] for k in keys]
+        return latents, osz, ctl
+
+    def batch_embeddings(self, prompts: list[str]):
+        """(prompt embeddings, pooled embeddings) of a batch's prompts."""
+        import torch
+
+        if self.embeds:
+            embeds = torch.cat([self.embeds[p][0] for p in prompts]).to(self.device)
+            pooled = torch.cat([self.embeds[p][1] for p in prompts]).to(self.device)
+            return embeds, pooled
+        if self.train_text_encoder:
+            return encode_prompt(self.m.text_encoders, self.m.tokenizers, prompts)
+        with torch.no_grad():
+            return encode_prompt(self.m.text_encoders, self.m.tokenizers, prompts)

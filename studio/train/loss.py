@@ -1,0 +1,80 @@
+"""The training loss: noise a batch's latents, predict with the UNet, and compare with the
+target (the noise for epsilon bases, the velocity for v-prediction bases, following the base's
+scheduler config). Prior preservation adds the class half of the batch's loss, weighted by
+``data.prior_loss_weight``; ``train.snr_gamma`` turns on min-SNR weighting.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from studio.config import TrainConfig
+from studio.train.caches import Caches
+from studio.train.errors import TrainingError
+from studio.train.sdxl import SDXLModels, compute_time_ids
+
+log = logging.getLogger(__name__)
+
+
+def training_loss(batch, models: SDXLModels, caches: Caches, cfg: TrainConfig, device, weight_dtype):
+    """The loss of one (micro-)batch; random draws in a fixed order (latents, noise, offset
+    noise, timesteps) so a resumed run repeats them."""
+    import torch
+
+    t = cfg.train
+    latents, osz, ctl = caches.batch_latents(batch)
+    latents = (latents * models.vae.config.scaling_factor).to(weight_dtype)
+    noise = torch.randn_like(latents)
+    if t.noise_offset:
+        noise = noise + t.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
+                                                     device=device, dtype=latents.dtype)
+    bsz = latents.shape[0]
+    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (bsz,),
+                              device=device).long()
+    noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
+    time_ids = torch.cat([compute_time_ids(o, c, cfg.data.resolution, device, weight_dtype)
+                          for o, c in zip(osz, ctl, strict=True)])
+    embeds, pooled = caches.batch_embeddings(batch["prompts"])
+    pred = models.unet(noisy, timesteps, embeds.to(weight_dtype),
+                       added_cond_kwargs={"time_ids": time_ids,
+                                          "text_embeds": pooled.to(weight_dtype)},
+                       return_dict=False)[0]
+    target = prediction_target(models, latents, noise, timesteps)
+    return dreambooth_loss(pred, target, timesteps, models, t.snr_gamma,
+                           cfg.data.with_prior_preservation, cfg.data.prior_loss_weight)
+
+
+def prediction_target(models: SDXLModels, latents, noise, timesteps):
+    if models.prediction_type == "epsilon":
+        return noise
+    if models.prediction_type == "v_prediction":
+        return models.noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise TrainingError(f"The base's scheduler has prediction_type {models.prediction_type!r}; "
+                        "only epsilon and v_prediction train.")
+
+
+def dreambooth_loss(pred, target, timesteps, models: SDXLModels, snr_gamma: float | None,
+                    prior: bool, prior_loss_weight: float):
+    """MSE (min-SNR weighted with ``snr_gamma``) of the instance half, plus the weighted MSE of
+    the class half with prior preservation (the batch is [instance..., class...])."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    prior_loss = None
+    if prior:
+        pred, pred_prior = torch.chunk(pred, 2, dim=0)
+        target, target_prior = torch.chunk(target, 2, dim=0)
+        timesteps = timesteps.chunk(2)[0]
+        prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+    if snr_gamma is None:
+        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+    else:
+        snr = compute_snr(models.noise_scheduler, timesteps)
+        base_w = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+        weights = base_w + 1 if models.prediction_type == "v_prediction" else base_w
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+        loss = (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+    if prior_loss is not None:
+        loss = loss + prior_loss_weight * prior_loss
+    return loss

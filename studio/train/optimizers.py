@@ -1,0 +1,77 @@
+"""The optimizers, by name: ``train.optimizer`` picks a builder from :data:`OPTIMIZERS`.
+
+A new optimizer is one builder and one table entry here, plus its name in the
+``train.optimizer`` field of :class:`studio.config.TrainSection` (a test keeps the two equal).
+A builder takes the parameter groups (UNet LoRA, then text-encoder LoRA, each with its own
+learning rate and weight decay), the ``train`` settings and a ``warn(message)`` callback, and
+raises a :class:`TrainingError` when its package is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from studio.config import TrainConfig, TrainSection
+from studio.errors import first_line
+from studio.train.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[list[dict[str, Any]], TrainSection, Callable[[str], None]], Any]
+
+
+def param_groups(unet, text_encoders: list[Any], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable (LoRA) parameters: the UNet's group, then both text encoders' when trained."""
+    t = cfg.train
+    unet_params = [p for p in unet.parameters() if p.requires_grad]
+    groups = [{"params": unet_params, "lr": t.learning_rate, "weight_decay": t.weight_decay}]
+    if cfg.lora.train_text_encoder:
+        te_params = [p for te in text_encoders for p in te.parameters() if p.requires_grad]
+        groups.append({"params": te_params, "lr": t.text_encoder_lr or t.learning_rate,
+                       "weight_decay": t.text_encoder_weight_decay})
+    return groups
+
+
+def _adamw(groups, t: TrainSection, warn):
+    import torch
+
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                             eps=t.adam_epsilon)
+
+
+def _adamw8bit(groups, t: TrainSection, warn):
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:
+        raise TrainingError(f"train.optimizer=adamw8bit needs bitsandbytes, which failed to "
+                            f"load ({first_line(exc, limit=300)}); use train.optimizer=adamw.") from None
+    return bnb.optim.AdamW8bit(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                               eps=t.adam_epsilon)
+
+
+def _prodigy(groups, t: TrainSection, warn):
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        raise TrainingError("train.optimizer=prodigy needs the prodigyopt package "
+                            "(pip install prodigyopt).") from None
+    if t.learning_rate <= 0.1:
+        warn(f"Prodigy works best with train.learning_rate around 1.0 (got {t.learning_rate}).")
+    return Prodigy(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                   beta3=t.prodigy_beta3, eps=t.adam_epsilon, decouple=t.prodigy_decouple,
+                   use_bias_correction=t.prodigy_use_bias_correction,
+                   safeguard_warmup=t.prodigy_safeguard_warmup, d_coef=t.prodigy_d_coef)
+
+
+OPTIMIZERS: dict[str, Builder] = {
+    "adamw": _adamw,  # torch
+    "adamw8bit": _adamw8bit,  # bitsandbytes: 8-bit optimizer state
+    "prodigy": _prodigy,  # prodigyopt: estimates the learning rate (use train.learning_rate=1.0)
+}
+
+
+def build_optimizer(groups: list[dict[str, Any]], t: TrainSection, warn: Callable[[str], None]):
+    """The optimizer ``train.optimizer`` names, over ``groups``."""
+    return OPTIMIZERS[t.optimizer](groups, t, warn)

@@ -1,0 +1,73 @@
+"""Validation sampling: images of the LoRA being trained, written into the run folder's
+``samples/step-<step>/`` with their settings in the PNG text chunks, each reported as a
+"sample" event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from studio.config import TrainConfig
+from studio.runs.folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def validation_prompts(cfg: TrainConfig, instance_prompt: str) -> list[str]:
+    """The configured validation prompts, else the instance prompt."""
+    return list(cfg.validation.prompts) or [instance_prompt]
+
+
+def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: TrainConfig,
+                  autocast: Callable[[], Any], on_sample: Callable[[dict[str, Any]], None]
+                  ) -> list[dict[str, Any]]:
+    """``validation.num_images`` images per prompt (seed ``validation.seed + i``) as
+    ``samples/step-<step>/<k>.png``; returns the sample records (step, prompt, seed, path
+    relative to the run)."""
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    from studio.fsutil import atomic_write
+
+    v = cfg.validation
+    out_dir = run.sample_dir(step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    k = 0
+    for prompt in prompts:
+        for i in range(v.num_images):
+            seed = v.seed + i
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            with torch.no_grad(), autocast():
+                img = pipe(prompt=prompt, negative_prompt=v.negative_prompt or None,
+                           num_inference_steps=v.steps, guidance_scale=v.guidance,
+                           height=cfg.data.resolution, width=cfg.data.resolution,
+                           generator=g).images[0]
+            info = PngInfo()
+            for key, val in (("prompt", prompt), ("seed", str(seed)), ("step", str(step)),
+                             ("negative_prompt", v.negative_prompt), ("steps", str(v.steps)),
+                             ("guidance", str(v.guidance))):
+                info.add_text(key, val)
+            path = out_dir / f"{k}.png"
+            atomic_write(path, lambda p, im=img, inf=info: im.save(p, "PNG", pnginfo=inf))
+            rec = {"step": step, "prompt": prompt, "seed": seed,
+                   "path": path.relative_to(run.path).as_posix()}
+            on_sample(rec)
+            results.append(rec)
+            k += 1
+    return results
+
+
+def sample(unet, make_pipeline: Callable[[], Any], run: RunFolder, step: int, prompts: list[str],
+           cfg: TrainConfig, autocast: Callable[[], Any],
+           on_sample: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Validation images at ``step`` with the pipeline ``make_pipeline()`` builds over the
+    training ``unet`` (put in eval mode meanwhile); see :func:`write_samples`."""
+    was_training = unet.training
+    unet.eval()
+    pipe = make_pipeline()
+    results = write_samples(pipe, run, step, prompts, cfg, autocast, on_sample)
+    if was_training:
+        unet.train()
+    return results

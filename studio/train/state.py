@@ -1,0 +1,106 @@
+"""The training state a checkpoint carries, and saving and restoring it.
+
+A checkpoint (written atomically by :mod:`studio.runs.checkpoints`) holds the LoRA in every
+export format (:mod:`studio.lora.formats`: the diffusers file, the Kohya file with its SDXL
+metadata) and ``training_state.pt``: the LoRA in peft format, optimizer, LR scheduler, RNG
+states (python, numpy, torch, cuda), step, epoch, loss history, wall time and the config.
+Resuming restores all of it, so a resumed run draws the same random numbers as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from studio.config import TrainConfig
+from studio.errors import first_line
+from studio.lora.formats import write_exports
+from studio.runs import checkpoints as ckpt
+from studio.runs.folder import RunFolder
+from studio.train.sdxl import lora_state_dicts, save_lora
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
+               warn: Callable[[str], None], what: str = "") -> Path:
+    """The LoRA of ``modules`` (unwrapped trained models by name) in every export format into
+    ``folder``. A failed export is a warning: the diffusers file is what loading and resuming
+    need."""
+    path = save_lora(folder, modules)
+    try:
+        write_exports(folder, lora_alpha)
+    except Exception as exc:
+        warn(f"The Kohya/A1111 export{what} failed: {first_line(exc, limit=300)}.")
+    return path
+
+
+def training_state(*, step: int, epoch: int, loss_history: list[float], modules: dict[str, Any],
+                   optimizer, lr_scheduler, wall_time: float, cfg: TrainConfig) -> dict[str, Any]:
+    """What ``training_state.pt`` holds (the RNG states as they are now)."""
+    return {
+        "step": step, "epoch": epoch, "loss_history": list(loss_history),
+        "lora": {k: {n: t.detach().cpu() for n, t in v.items()}
+                 for k, v in lora_state_dicts(modules).items()},
+        "optimizer": optimizer.state_dict(), "scheduler": lr_scheduler.state_dict(),
+        "rng": rng_state(), "wall_time": wall_time,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[str, Any],
+                    make_state: Callable[[], dict[str, Any]], lora_bytes: int,
+                    warn: Callable[[str], None]) -> Path:
+    """Write ``checkpoints/checkpoint-<step>/`` (pruning beyond ``checkpoints.total_limit``);
+    ``lora_bytes``: the LoRA parameters' size, for the free-disk check."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        write_lora(tmp, modules, cfg.lora.lora_alpha, warn, f" of {ckpt.checkpoint_name(step)}")
+        torch.save(make_state(), tmp / ckpt.STATE_FILE)
+
+    # LoRA files (diffusers + Kohya), peft state, Adam's two moments: about 5x the parameters.
+    need = int(lora_bytes * 5 + cfg.checkpoints.min_free_mb * 2**20)
+    return ckpt.save_checkpoint(run.path, step, write, cfg.checkpoints.total_limit, need)
+
+
+def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler) -> dict[str, Any]:
+    """Restore the LoRA of ``modules``, the optimizer, the LR scheduler and the RNG states from
+    the checkpoint folder ``path``; returns its training state (step, loss history, ...)."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+
+    state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=False)
+    for name, mod in modules.items():
+        if name not in state["lora"]:
+            raise ckpt.CheckpointError(f"Cannot resume from {path.name}: it has no text encoder "
+                                       "LoRA but lora.train_text_encoder is on.")
+        set_peft_model_state_dict(mod, state["lora"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
