@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-import yaml
+from studio.config import TrainConfig
 
 TRIGGER = "TOK"
 INSTANCE_PROMPT = "a photo of TOK person"
@@ -33,22 +33,15 @@ def _lora_unet(seed: int):
 
 
 def save_lora(folder: Path, seed: int) -> None:
+    """A diffusers LoRA file in diffusers' older ``lora.down`` spelling, with adapter metadata."""
     from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     unet = _lora_unet(seed)
-    peft_sd = get_peft_model_state_dict(unet)
     StableDiffusionXLPipeline.save_lora_weights(
-        folder, unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
-    kohya = {}
-    for k, v in convert_state_dict_to_kohya(peft_sd).items():
-        kohya["lora_unet_" + k] = v
-    for k in [k for k in kohya if k.endswith(".alpha")]:
-        kohya[k] = kohya[k] * 0 + ALPHA
-    return kohya, save_file
 
 
 def _png(path: Path, seed: int, prompt: str) -> None:
@@ -63,21 +56,23 @@ def _png(path: Path, seed: int, prompt: str) -> None:
 
 
 def build_run(run: Path, base: str | Path) -> Path:
-    """A finished run with 2 checkpoints (steps 2 and 4), samples, events, card, manifest."""
+    """A finished run with 2 checkpoints (steps 2 and 4, diffusers files only), samples, events,
+    card, manifest; the final LoRA in every export format (studio.lora.formats)."""
+    from studio.lora.formats import write_exports
+
     run.mkdir(parents=True, exist_ok=True)
-    kohya, save_file = save_lora(run, seed=4)
-    save_file(kohya, str(run / "lora_kohya.safetensors"))
+    save_lora(run, seed=4)
+    write_exports(run, ALPHA)
     for step in (2, 4):
         ck = run / "checkpoints" / f"checkpoint-{step:06d}"
         ck.mkdir(parents=True)
         save_lora(ck, seed=step)
         (ck / "training_state.pt").write_bytes(b"state")
         (ck / "COMPLETE").write_text("ok")
-    config = {"model": {"base": str(base)},
-              "dataset": {"path": "/data/me", "trigger": TRIGGER, "class_word": "person"},
-              "lora": {"rank": RANK, "alpha": ALPHA}, "max_train_steps": 4, "seed": 0,
+    config = {"model": {"base": str(base)}, "data": {"dataset": "/data/me", "resolution": 64},
+              "lora": {"rank": RANK, "alpha": ALPHA}, "train": {"max_train_steps": 4, "seed": 0},
               "validation": {"prompts": [f"{INSTANCE_PROMPT}, smiling", f"{INSTANCE_PROMPT}, hat"]}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (run / "config.yaml").write_text(TrainConfig.model_validate(config).to_yaml(), encoding="utf-8")
     (run / "manifest.json").write_text(json.dumps({
         "trigger": TRIGGER, "class_word": "person", "instance_prompt": INSTANCE_PROMPT,
         "base_model": str(base), "dataset_hash": "abc123", "seed": 0, "wall_time_s": 1.5,
@@ -119,3 +114,22 @@ def build_dataset(root: Path, n: int = 3) -> Path:
         "name": root.name, "trigger": TRIGGER, "class_word": "person", "template": "x",
         "hash": "h", "created": 0, "count": n, "framing": "face"}), encoding="utf-8")
     return root
+
+
+def kohya_metadata(data: bytes | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (its bytes or its path)."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]).get("__metadata__") or {}
+
+
+def assert_sdxl_kohya(data: bytes | Path, alpha: float | None = None) -> dict[str, str]:
+    """A Kohya LoRA that A1111/Forge list for SDXL: ss_base_model_version starts with sdxl_."""
+    meta = kohya_metadata(data)
+    assert meta.get("ss_base_model_version", "").startswith("sdxl_"), meta
+    assert meta.get("modelspec.architecture") == "stable-diffusion-xl-v1-base/lora", meta
+    assert meta.get("ss_network_module") == "networks.lora" and meta.get("format") == "pt", meta
+    assert int(meta["ss_network_dim"]) > 0
+    if alpha is not None:
+        assert float(meta["ss_network_alpha"]) == alpha, meta
+    return meta

@@ -95,8 +95,14 @@ def test_ema_duration_and_measured_speed(tmp_path):
     runs = tmp_path / "runs"
     assert measured_seconds_per_step(runs) is None
     (runs / "r1").mkdir(parents=True)
-    (runs / "r1" / "config.yaml").write_text("train:\n  resolution: 64\n")
+    (runs / "r1" / "config.yaml").write_text("data:\n  resolution: 64\ntrain:\n  batch_size: 2\n")
     write(runs / "r1" / "events.jsonl", *[{**step(s, 1.0), "steps_per_s": 4.0} for s in
                                            range(1, 6)])
     assert measured_seconds_per_step(runs, resolution=64) == (0.25, "r1")
+    assert measured_seconds_per_step(runs, resolution=64, batch_size=2) == (0.25, "r1")
     assert measured_seconds_per_step(runs, resolution=1024) is None
+    assert measured_seconds_per_step(runs, resolution=64, batch_size=1) is None
+    assert measured_seconds_per_step(runs, resolution=64, exclude=runs / "r1") is None
+    # A run whose config cannot be read still tells the machine's speed.
+    (runs / "r1" / "config.yaml").write_text("train:\n  resolution: 64\n")
+    assert measured_seconds_per_step(runs, resolution=1024) == (0.25, "r1")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from studio.config import TrainConfig, load_config
-from studio.train.compare import CompareError, export_checkpoint
+from studio.runs.export import export_checkpoint
+from studio.runs.folder import RunError
 from studio.ui.train_tab import (
     _kind,
     config_fields,
@@ -38,8 +39,8 @@ def test_export_checkpoint_replaces_the_run_lora_atomically(tmp_path):
     try:
         export_checkpoint(run, 4)
         raise AssertionError("an incomplete checkpoint must be refused")
-    except CompareError as exc:
-        assert "missing or incomplete" in str(exc)
+    except RunError as exc:
+        assert "no complete checkpoint at step 4" in str(exc)
     (ck / "COMPLETE").write_text("")
     (run / "config.yaml").write_text(load_config().to_yaml())
     (run / "lora_kohya.safetensors").write_bytes(b"stale")

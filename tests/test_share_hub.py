@@ -9,8 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hub_standin import HubStandIn
-from share_fixtures import ALPHA, INSTANCE_PROMPT, build_dataset, build_run
+from hub_standin import online_standin
+from share_fixtures import ALPHA, INSTANCE_PROMPT, assert_sdxl_kohya, build_dataset, build_run
 
 from studio.share.hub import ShareError, push_dataset, push_run
 
@@ -38,18 +38,8 @@ def run_dir(run_template, home) -> Path:
 @pytest.fixture()
 def hub(monkeypatch, tmp_path):
     """The stand-in Hub, with huggingface_hub pointed at it and online for this test only."""
-    import huggingface_hub.constants as c
-
-    server = HubStandIn()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    yield server
-    server.stop()
+    with online_standin(monkeypatch, tmp_path) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -80,6 +70,7 @@ def test_push_run_uploads_lora_card_samples_config_private_by_default(hub, alice
     assert repo.files["pytorch_lora_weights.safetensors"] == \
         (run_dir / "pytorch_lora_weights.safetensors").read_bytes()
     assert repo.files["lora_kohya.safetensors"] == (run_dir / "lora_kohya.safetensors").read_bytes()
+    assert_sdxl_kohya(repo.files["lora_kohya.safetensors"], alpha=ALPHA)
     assert len(repo.commits) == 1  # one commit for everything
     assert res.url == f"{hub.url}/alice/me-lora"
     assert progress[-1][0] == 1.0 and [f for f, _ in progress] == sorted(f for f, _ in progress)
@@ -123,6 +114,7 @@ def test_push_public_and_repush_updates(hub, alice, run_dir):
     with safe_open(str(run_dir / "lora_kohya.safetensors"), "pt"):
         pass
     kohya = repo.files["lora_kohya.safetensors"]
+    assert_sdxl_kohya(kohya, alpha=ALPHA)  # A1111/Forge list it for SDXL users
     from safetensors.torch import load
 
     sd = load(kohya)
@@ -294,9 +286,10 @@ def test_bundle_zip_and_cli(run_dir, tmp_path, home):
         assert meta["instance_prompt"] == INSTANCE_PROMPT
         assert zf.read("me-lora/pytorch_lora_weights.safetensors") == \
             (run_dir / "pytorch_lora_weights.safetensors").read_bytes()
+        assert_sdxl_kohya(zf.read("me-lora/lora_kohya.safetensors"), alpha=ALPHA)
     assert main(["bundle", str(run_dir), "--out", str(tmp_path / "c.zip"), "--checkpoint", "2"]) == 0
     with zipfile.ZipFile(tmp_path / "c.zip") as zf:
-        assert "me-lora-step000002/lora_kohya.safetensors" in zf.namelist()
+        assert_sdxl_kohya(zf.read("me-lora-step000002/lora_kohya.safetensors"), alpha=ALPHA)
         assert zf.read("me-lora-step000002/pytorch_lora_weights.safetensors") == (
             run_dir / "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors").read_bytes()
     # A failure leaves no partial zip behind (atomic write) and says one sentence.
@@ -374,10 +367,11 @@ def test_checkpoint_kohya_conversion_matches_diffusers(run_dir, generator, tmp_p
     import numpy as np
 
     from studio.generate.engine import GenerationRequest
-    from studio.share.kohya import diffusers_to_kohya
+    from studio.lora.kohya import write_kohya
 
     src = run_dir / "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors"
-    dst = diffusers_to_kohya(src, tmp_path / "k" / "ck2_kohya.safetensors")
+    dst = write_kohya(src, tmp_path / "k" / "ck2_kohya.safetensors")  # alpha from the metadata
+    assert_sdxl_kohya(dst, alpha=ALPHA)
     gen = generator
     req = dict(prompt=INSTANCE_PROMPT, steps=2, width=64, height=64, seed=5)
     a = np.asarray(gen.generate(GenerationRequest(**req, lora=str(src)))[0].image, dtype=np.int16)

@@ -43,6 +43,13 @@ def derived_formats() -> tuple[ExportFormat, ...]:
     return tuple(f for f in EXPORT_FORMATS if f.write is not None)
 
 
+def export_files(folder: str | Path) -> dict[str, Path]:
+    """{file name: path} of the formats present in ``folder``, in table order."""
+    folder = Path(folder)
+    return {f.file_name: folder / f.file_name for f in EXPORT_FORMATS
+            if (folder / f.file_name).is_file()}
+
+
 def write_exports(folder: str | Path, lora_alpha: float | None = None) -> dict[str, Path]:
     """Write every derived format next to ``folder/pytorch_lora_weights.safetensors``; returns
     {format name: file}. ``lora_alpha`` None: taken from the file's adapter metadata."""

@@ -1,60 +1,116 @@
-"""The Kohya/A1111/ComfyUI LoRA file format.
+"""The Kohya/A1111/Forge/ComfyUI LoRA file format: the one converter from our diffusers file.
 
-``diffusers.utils.convert_state_dict_to_kohya`` writes every ``.alpha`` as the rank, which gives
-the wrong strength when the LoRA was trained with ``lora_alpha != rank`` (Kohya-format loaders scale
-by alpha / rank), and it mangles mixed UNet (PEFT) + text-encoder (diffusers) keys.
-:func:`to_kohya` writes the keys itself and sets each ``.alpha`` to the trained ``lora_alpha``.
+It serves the final LoRA, checkpoints, checkpoint export, push and bundle, so every Kohya file
+the studio writes has the same keys, scale and metadata:
+
+* keys: ``lora_unet_*``, ``lora_te1_text_model_*``, ``lora_te2_text_model_*`` (the A1111
+  layout) from peft (``lora_A``/``lora_B``) or older diffusers (``lora.down``/``lora.up``,
+  ``lora_linear_layer.down``/``up``) spellings; DoRA magnitudes become ``dora_scale``;
+* scale: each module's ``.alpha`` is the given ``lora_alpha``, else the component's
+  ``lora_alpha`` from the file's ``lora_adapter_metadata``, else the rank (what diffusers itself
+  assumes for such a file). ``diffusers.utils.convert_state_dict_to_kohya`` always writes the
+  rank, which gives the wrong strength when alpha != rank;
+* metadata: ``ss_base_model_version`` starts with ``sdxl_`` (A1111 and Forge hide a LoRA from
+  SDXL users otherwise), plus the network module, dim, alpha and the modelspec architecture.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from studio.errors import StudioError
 from studio.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-_KINDS = {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight",
-          ".lora_linear_layer.down.weight": "lora_down.weight",
-          ".lora_linear_layer.up.weight": "lora_up.weight",
-          ".lora.down.weight": "lora_down.weight", ".lora.up.weight": "lora_up.weight",
-          ".lora_magnitude_vector": "dora_scale", ".lora_magnitude_vector.weight": "dora_scale"}
+KOHYA_METADATA = {"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0",
+                  "modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "format": "pt"}
+DOWN, UP, DORA = "lora_down.weight", "lora_up.weight", "dora_scale"
+_KINDS = {".lora_A.weight": DOWN, ".lora_B.weight": UP,
+          ".lora_linear_layer.down.weight": DOWN, ".lora_linear_layer.up.weight": UP,
+          ".lora.down.weight": DOWN, ".lora.up.weight": UP,
+          ".lora_magnitude_vector": DORA, ".lora_magnitude_vector.weight": DORA}
 _PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
 
-def to_kohya(diffusers_state: dict[str, Any], lora_alpha: float) -> dict[str, Any]:
-    """Convert our diffusers-format SDXL LoRA (``unet.`` / ``text_encoder.`` / ``text_encoder_2.``
-    keys in PEFT naming) to Kohya keys (``lora_unet_*``, ``lora_te1_text_model_*``,
-    ``lora_te2_text_model_*``) with ``.alpha`` = ``lora_alpha`` for every module."""
+class KohyaError(StudioError, ValueError):
+    """A LoRA file that cannot be converted to the Kohya format (one sentence)."""
+
+
+def adapter_alphas(metadata: Mapping[str, str] | None) -> dict[str, float]:
+    """``{"unet": alpha, "text_encoder": alpha, ...}`` from diffusers' ``lora_adapter_metadata``."""
+    raw = (metadata or {}).get("lora_adapter_metadata")
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    out: dict[str, float] = {}
+    for key, value in meta.items() if isinstance(meta, dict) else ():
+        component, _, name = key.rpartition(".")
+        if name == "lora_alpha" and isinstance(value, (int, float)):
+            out[component] = float(value)
+    return out
+
+
+def _kohya_key(key: str) -> tuple[str, str, str]:
+    """(component, Kohya module name, kind) of a diffusers LoRA key."""
+    component, _, rest = key.partition(".")
+    suffix = next((sfx for sfx in _KINDS if rest.endswith(sfx)), None)
+    if component not in _PREFIX or suffix is None:
+        raise KohyaError(f"The LoRA key {key!r} is not a diffusers SDXL LoRA key; the file cannot "
+                         "be converted to the Kohya format.")
+    module = rest[: -len(suffix)]
+    if component != "unet" and not module.startswith("text_model."):
+        module = "text_model." + module  # the CLIP layout A1111/ComfyUI expect
+    return component, f"{_PREFIX[component]}_{module.replace('.', '_')}", _KINDS[suffix]
+
+
+def to_kohya(diffusers_state: Mapping[str, Any],
+             lora_alpha: float | Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Kohya keys for a diffusers-format SDXL LoRA state dict. ``lora_alpha``: one alpha for
+    every module, or one per component (``unet``, ``text_encoder``, ``text_encoder_2``); a module
+    without one gets its rank."""
     import torch
 
     out: dict[str, Any] = {}
     for key, value in diffusers_state.items():
-        component, _, rest = key.partition(".")
-        if component not in _PREFIX:
-            raise ValueError(f"unexpected LoRA key {key}")
-        suffix = next((sfx for sfx in _KINDS if rest.endswith(sfx)), None)
-        if suffix is None:
-            raise ValueError(f"unexpected LoRA key {key}")
-        module, kind = rest[: -len(suffix)], _KINDS[suffix]
-        if component != "unet" and not module.startswith("text_model."):
-            module = "text_model." + module  # the CLIP layout A1111/ComfyUI expect
-        name = f"{_PREFIX[component]}_{module.replace('.', '_')}"
-        out[f"{name}.{kind}"] = value
-        out[f"{name}.alpha"] = torch.tensor(float(lora_alpha))
+        component, name, kind = _kohya_key(key)
+        out[f"{name}.{kind}"] = value.contiguous()
+        if kind == DOWN:
+            alpha = lora_alpha.get(component) if isinstance(lora_alpha, Mapping) else lora_alpha
+            out[f"{name}.alpha"] = torch.tensor(float(alpha if alpha is not None
+                                                      else value.shape[0]))
     return out
 
 
-def write_kohya(diffusers_file: Path, out_file: Path, lora_alpha: float) -> Path:
-    """Write the Kohya/A1111/ComfyUI file next to the diffusers LoRA (atomic)."""
-    from safetensors.torch import load_file, save_file
+def _read(src: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
 
-    kohya = to_kohya(load_file(str(diffusers_file)), lora_alpha)
-    kohya = {k: v.contiguous() for k, v in kohya.items()}
-    meta = {"ss_network_module": "networks.lora", "ss_network_alpha": str(lora_alpha),
-            "ss_network_dim": str(next(v.shape[0] for k, v in kohya.items()
-                                       if k.endswith("lora_down.weight"))),
-            "ss_base_model_version": "sdxl_base_v1-0", "format": "pt"}
-    return atomic_write(out_file, lambda p: save_file(kohya, str(p), metadata=meta))
+    try:
+        with safe_open(str(src), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several unrelated types
+        raise KohyaError(f"The LoRA file {src.name} cannot be read as safetensors "
+                         f"({type(exc).__name__}).") from None
+
+
+def write_kohya(src: str | Path, dst: str | Path, lora_alpha: float | None = None) -> Path:
+    """Write the Kohya version of the diffusers LoRA ``src`` to ``dst`` (atomic) and return it.
+    Raises :class:`KohyaError` (one sentence) when ``src`` is not a diffusers SDXL LoRA."""
+    from safetensors.torch import save_file
+
+    src = Path(src)
+    tensors, metadata = _read(src)
+    alphas = adapter_alphas(metadata)
+    kohya = to_kohya(tensors, float(lora_alpha) if lora_alpha is not None else alphas)
+    downs = [k for k in kohya if k.endswith(DOWN)]
+    if not downs:
+        raise KohyaError(f"The LoRA file {src.name} holds no LoRA weights.")
+    down = next((k for k in downs if k.startswith(_PREFIX["unet"])), downs[0])
+    meta = {**KOHYA_METADATA, "ss_network_dim": str(int(kohya[down].shape[0])),
+            "ss_network_alpha": str(float(kohya[down.replace(DOWN, "alpha")]))}
+    return atomic_write(dst, lambda p: save_file(kohya, str(p), metadata=meta))

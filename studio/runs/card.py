@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from studio.fsutil import atomic_write_text
+from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, KOHYA_FILE
+from studio.runs.folder import RunFolder
 
 TAGS = ["text-to-image", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl"]
 
@@ -33,7 +35,11 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# SDXL LoRA: {manifest.get('dataset', {}).get('name') or 'personal LoRA'}", "",
              f"A LoRA for [{base}](https://huggingface.co/{base}) trained with SDXL LoRA Studio "
-             "(DreamBooth LoRA).", "", "## Trigger words", ""]
+             "(DreamBooth LoRA).", ""]
+    if manifest.get("selected_checkpoint") is not None:
+        lines += [f"This LoRA is the checkpoint at step {manifest['selected_checkpoint']} of the "
+                  "run, chosen after comparing its checkpoints.", ""]
+    lines += ["## Trigger words", ""]
     if trigger:
         lines.append(f"Use `{trigger}` in the prompt, e.g. `{prompt}`.")
     else:
@@ -57,14 +63,17 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
         lines += ["## Samples", ""]
         lines += [f"![{s['prompt']}]({s['path']})" for s in samples]
         lines.append("")
-    lines += ["## Use with diffusers", "", "```python", "import torch",
+    files = manifest.get("files") or {}
+    lines += ["## LoRA files", ""]
+    lines += [f"- `{f.file_name}`: {f.label}" for f in EXPORT_FORMATS if f.file_name in files]
+    lines += ["", "## Use with diffusers", "", "```python", "import torch",
               "from diffusers import StableDiffusionXLPipeline", "",
               f'pipe = StableDiffusionXLPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
-              'pipe.load_lora_weights("THIS_REPO_OR_FOLDER", weight_name="pytorch_lora_weights.safetensors")',
+              f'pipe.load_lora_weights("THIS_REPO_OR_FOLDER", weight_name="{DIFFUSERS_FILE}")',
               f'image = pipe("{prompt}", num_inference_steps=30).images[0]', "```", "",
               "## Use with AUTOMATIC1111 / ComfyUI", "",
-              "Download `lora_kohya.safetensors` and put it in `models/Lora` (A1111) or "
-              "`models/loras` (ComfyUI). In A1111 add `<lora:lora_kohya:1>` to the prompt; in ComfyUI "
+              f"Download `{KOHYA_FILE}` and put it in `models/Lora` (A1111) or `models/loras` "
+              f"(ComfyUI). In A1111 add `<lora:{Path(KOHYA_FILE).stem}:1>` to the prompt; in ComfyUI "
               "use a *LoraLoader* node after the SDXL checkpoint loader. The file stores "
               f"alpha = {lc.lora_alpha:g} so its strength matches the diffusers file.", "",
               "## License", "",
@@ -75,4 +84,4 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
 
 def write_model_card(run_dir: Path, cfg, manifest: dict[str, Any],
                      samples: list[dict[str, Any]]) -> Path:
-    return atomic_write_text(Path(run_dir) / "README.md", render_model_card(cfg, manifest, samples))
+    return atomic_write_text(RunFolder(run_dir).card_path, render_model_card(cfg, manifest, samples))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from studio.runs import checkpoints as ckpt
 from studio.runs.events import EVENTS_FILE, EventWriter, read_events_from
 
 log = logging.getLogger(__name__)
+
+SAMPLE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+_SAMPLE_DIR = re.compile(r"^step-(\d+)$")
 
 
 class RunError(StudioError, ValueError):
@@ -56,6 +60,45 @@ class Checkpoint:
     @property
     def state_path(self) -> Path:
         return self.path / ckpt.STATE_FILE
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validation image of a run."""
+
+    step: int
+    path: Path          # the image file
+    rel: str            # run-relative, e.g. samples/step-000100/0.png
+    prompt: str | None
+
+    def card_entry(self) -> dict[str, Any]:
+        """The sample as the model card lists it (runs.card)."""
+        return {"prompt": self.prompt or "", "path": self.rel}
+
+
+def _png_prompt(path: Path) -> str | None:
+    """The prompt stored in an image's text chunks (the trainer writes "prompt")."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except Exception:  # noqa: BLE001 - an unreadable image just has no prompt
+        return None
+    if text.get("prompt"):
+        return str(text["prompt"])
+    for v in text.values():
+        try:
+            d = json.loads(v)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(d, dict) and isinstance(d.get("prompt"), str):
+            return d["prompt"]
+    return None
+
+
+def _image_order(p: Path) -> tuple[int, str]:
+    return (int(p.stem) if p.stem.isdigit() else 1 << 30, p.name)
 
 
 class RunFolder:
@@ -193,6 +236,37 @@ class RunFolder:
             lora = p / self.LORA
             out.append({"step": step, "path": str(p), "complete": (p / ckpt.MARKER).is_file(),
                         "lora": str(lora) if lora.is_file() else None})
+        return out
+
+    # ---- samples ------------------------------------------------------------------------------
+    def _sample_steps(self, max_step: int | None = None) -> dict[int, list[Path]]:
+        """{step: image files} of the sample folders (at or before ``max_step``), by step."""
+        out: dict[int, list[Path]] = {}
+        root = self.samples_dir
+        for d in root.iterdir() if root.is_dir() else []:
+            m = _SAMPLE_DIR.match(d.name)
+            if not m or not d.is_dir() or (max_step is not None and int(m.group(1)) > max_step):
+                continue
+            imgs = sorted((p for p in d.iterdir() if p.suffix.lower() in SAMPLE_EXTS
+                           and p.is_file() and not p.is_symlink()), key=_image_order)
+            if imgs:
+                out[int(m.group(1))] = imgs
+        return dict(sorted(out.items()))
+
+    def samples(self, max_step: int | None = None) -> list[Sample]:
+        """The validation images of the latest sampled step at or before ``max_step`` (None: the
+        latest of all), with their prompts (sample events, else the image's text chunk)."""
+        steps = self._sample_steps(max_step)
+        if not steps:
+            return []
+        step = max(steps)
+        prompts = {str(e["path"]): e.get("prompt") for e in self.events()
+                   if e.get("type") == "sample" and isinstance(e.get("path"), str)}
+        out = []
+        for p in steps[step]:
+            rel = p.relative_to(self.path).as_posix()
+            prompt = prompts.get(rel)
+            out.append(Sample(step, p, rel, str(prompt) if prompt is not None else _png_prompt(p)))
         return out
 
     # ---- manifest, trigger, prompts -----------------------------------------------------------

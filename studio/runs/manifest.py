@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from studio.fsutil import atomic_write_json
-from studio.lora.formats import EXPORT_FORMATS
+from studio.lora.formats import export_files
+from studio.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def hash_files(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """{name: {"sha256", "bytes"}} of ``files`` ({name: path})."""
+    return {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for name, p in files.items()}
+
+
+def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's "files": sha256 and size of the LoRA export files in ``folder``."""
+    return hash_files(export_files(folder))
+
+
+def lora_entry(cfg) -> dict[str, Any]:
+    """The manifest's "lora" entry: how the LoRA layers were configured."""
+    return {"rank": cfg.lora.rank, "alpha": cfg.lora.lora_alpha,
+            "text_encoder": cfg.lora.train_text_encoder, "dora": cfg.lora.use_dora}
+
+
 def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_prompt: str,
                    steps: int, wall_time: float, loss_history: list[float]) -> dict[str, Any]:
     """``RUN/manifest.json``: dataset hash, package versions, seed, wall time, trigger, base."""
-    files = {}
-    for name in (f.file_name for f in EXPORT_FORMATS):
-        p = run_dir / name
-        if p.is_file():
-            files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     tail = loss_history[-10:]
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -59,10 +72,9 @@ def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_
         "steps": steps,
         "wall_time_s": round(wall_time, 1),
         "final_loss_mean_last10": (sum(tail) / len(tail)) if tail else None,
-        "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.lora_alpha,
-                 "text_encoder": cfg.lora.train_text_encoder, "dora": cfg.lora.use_dora},
+        "lora": lora_entry(cfg),
         "packages": package_versions(),
-        "files": files,
+        "files": file_entries(Path(run_dir)),
     }
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    atomic_write_json(RunFolder(run_dir).manifest_path, manifest)
     return manifest

@@ -8,19 +8,16 @@ its newline arrives.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from studio.fsutil import parse_json_lines
 from studio.jobs.process import process_alive
-from studio.runs.folder import RunFolder
+from studio.runs.folder import RunError, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +85,7 @@ class RunMonitor:
 
     def __init__(self, run_dir: str | Path, smoothing: float = 0.9):
         self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
         self.smoothing = smoothing
         self._offset = 0
         self._pending = b""
@@ -110,7 +108,7 @@ class RunMonitor:
 
     # ---- events ---------------------------------------------------------------------------
     def _read_new(self) -> list[dict]:
-        path = self.run_dir / "events.jsonl"
+        path = self.run.events_path
         try:
             size = path.stat().st_size
         except OSError:
@@ -128,8 +126,7 @@ class RunMonitor:
         data = self._pending + data
         lines = data.split(b"\n")
         self._pending = lines.pop()  # b"" when the data ended with a newline
-        out = parse_json_lines(lines)
-        return out
+        return parse_json_lines(lines)
 
     def _apply(self, ev: dict) -> None:
         kind = ev.get("type")
@@ -191,7 +188,7 @@ class RunMonitor:
                     eta_s=_float(last.get("eta_s")), mem_gb=_float(last.get("mem_gb")),
                     epoch=_float(last.get("epoch")),
                     samples={k: list(vs) for k, vs in sorted(self._samples.items())},
-                    checkpoints=self._checkpoints(), error=self._error,
+                    checkpoints=self.run.checkpoint_dirs(), error=self._error,
                     warnings=list(self._warnings), log_tail=self.log_tail(log_lines),
                     started=self._first_start_time, resumed_from=start.get("resumed_from"),
                     pid=_int(start.get("pid")))
@@ -219,24 +216,9 @@ class RunMonitor:
             v.eta_s = None
         return v
 
-    def _checkpoints(self) -> list[dict]:
-        root = self.run_dir / "checkpoints"
-        out = []
-        if root.is_dir():
-            for p in root.iterdir():
-                m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-                if not m or not p.is_dir():
-                    continue
-                lora = p / "pytorch_lora_weights.safetensors"
-                out.append({"step": int(m.group(1)), "path": str(p),
-                            "complete": (p / "COMPLETE").exists(),
-                            "lora": str(lora) if lora.is_file() else None})
-        return sorted(out, key=lambda c: c["step"])
-
     def log_tail(self, lines: int = 40) -> str:
-        path = self.run_dir / RunFolder.LOG
         try:
-            with open(path, "rb") as fh:
+            with open(self.run.log_path, "rb") as fh:
                 fh.seek(0, 2)
                 size = fh.tell()
                 fh.seek(max(0, size - LOG_TAIL_BYTES))
@@ -292,60 +274,29 @@ def measured_seconds_per_step(runs_dir: str | Path, resolution: int | None = Non
                               batch_size: int | None = None, exclude: str | Path | None = None
                               ) -> tuple[float, str] | None:
     """Median seconds per step of the most recent run on this machine (matching resolution and
-    batch size when the run's config says so), and that run's name; None when there is none."""
-    import yaml
-
+    batch size when the run's config can be read), and that run's name; None when there is none."""
     runs = []
+    skip = RunFolder(exclude) if exclude is not None else None
     for p in Path(runs_dir).iterdir() if Path(runs_dir).is_dir() else []:
-        ev = p / "events.jsonl"
-        if ev.is_file() and (exclude is None or p.resolve() != Path(exclude).resolve()):
-            runs.append((ev.stat().st_mtime, p))
-    for _, p in sorted(runs, reverse=True):
-        if resolution or batch_size:
-            try:
-                cfg = yaml.safe_load((p / "config.yaml").read_text()) or {}
-            except (OSError, yaml.YAMLError):
-                cfg = {}
-            flat = _flatten(cfg)
-            res = _find(flat, ("resolution",))
-            bs = _find(flat, ("train_batch_size", "batch_size"))
-            if resolution and res is not None and int(res) != int(resolution):
-                continue
-            if batch_size and bs is not None and int(bs) != int(batch_size):
-                continue
-        rates = []
-        with open(p / "events.jsonl", "rb") as fh:
-            for line in fh:
-                try:
-                    e = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    continue
-                if e.get("type") == "step" and (_float(e.get("steps_per_s")) or 0) > 0:
-                    rates.append(1.0 / float(e["steps_per_s"]))
+        run = RunFolder(p)
+        if run.events_path.is_file() and run != skip:
+            runs.append((run.events_path.stat().st_mtime, run))
+    for _, run in sorted(runs, key=lambda r: r[0], reverse=True):
+        if (resolution or batch_size) and not _matches(run, resolution, batch_size):
+            continue
+        rates = [1.0 / float(e["steps_per_s"]) for e in run.events()
+                 if e.get("type") == "step" and (_float(e.get("steps_per_s")) or 0) > 0]
         if len(rates) >= 3:
             rates = sorted(rates[1:])  # the first step includes warm-up
-            return rates[len(rates) // 2], p.name
+            return rates[len(rates) // 2], run.name
     return None
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict):
-                out.update(_flatten(v, key))
-            else:
-                out[key] = v
-    return out
-
-
-def _find(flat: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for k, v in flat.items():
-        if k.rsplit(".", 1)[-1] in names and v is not None:
-            return v
-    return None
-
-
-def age(t: float | None) -> str:
-    return format_duration(time.time() - t) + " ago" if t else "-"
+def _matches(run: RunFolder, resolution: int | None, batch_size: int | None) -> bool:
+    """False when the run's typed config says another resolution or batch size."""
+    try:
+        cfg = run.config()
+    except RunError:
+        return True  # nothing known about it: its speed still says something
+    return not ((resolution and cfg.data.resolution != int(resolution))
+                or (batch_size and cfg.train.batch_size != int(batch_size)))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, KOHYA_FILE
 from studio.models import ROLES, looks_like_path
-from studio.share.runfiles import KOHYA_FILE, LORA_FILE, RunFiles, ShareError, trigger_info
+from studio.share.runfiles import RunFiles, ShareError, trigger_info
 
 REQUIRED_TAGS = ["text-to-image", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl",
                  "stable-diffusion-xl-diffusers"]
@@ -40,7 +41,7 @@ def usage_section(repo_id: str | None, info: dict[str, Any], has_kohya: bool) ->
         "pipe = StableDiffusionXLPipeline.from_pretrained(",
         f"    \"{info['base_model']}\", torch_dtype=torch.float16).to(\"cuda\")",
         f"pipe.load_lora_weights(\"{repo_id or 'path/to/this/folder'}\", "
-        f"weight_name=\"{LORA_FILE}\")",
+        f"weight_name=\"{DIFFUSERS_FILE}\")",
         f"image = pipe(\"{prompt}, portrait, natural light\", num_inference_steps=30).images[0]",
         "```",
         "",
@@ -49,7 +50,8 @@ def usage_section(repo_id: str | None, info: dict[str, Any], has_kohya: bool) ->
         lines += [
             "### AUTOMATIC1111 / Forge",
             "",
-            f"Download `{KOHYA_FILE}` into `models/Lora/`, then add `<lora:lora_kohya:1>` to a "
+            f"Download `{KOHYA_FILE}` into `models/Lora/`, then add "
+            f"`<lora:{KOHYA_FILE.rsplit('.', 1)[0]}:1>` to a "
             f"prompt that contains the trigger: `{prompt}`.",
             "",
             "### ComfyUI",
@@ -62,6 +64,13 @@ def usage_section(repo_id: str | None, info: dict[str, Any], has_kohya: bool) ->
     return "\n".join(lines)
 
 
+def _file_lines(rf: RunFiles) -> list[str]:
+    """The shared files: the LoRA formats first (with who reads them), then the rest."""
+    loras = {f.file_name: f.label for f in EXPORT_FORMATS if f.file_name in rf.files}
+    return ([f"- `{name}`: {label}" for name, label in loras.items()]
+            + [f"- `{p}`" for p in sorted(rf.files) if p not in loras])
+
+
 def build_card(rf: RunFiles, repo_id: str | None, license: str | None = None) -> str:
     """The README.md text for ``rf`` pushed to ``repo_id`` (None: a local bundle)."""
     from huggingface_hub import ModelCardData
@@ -72,10 +81,10 @@ def build_card(rf: RunFiles, repo_id: str | None, license: str | None = None) ->
     if looks_like_path(base):
         local_base, base = base, ROLES["base"].default
         info["base_model"] = base
-    widget = [{"text": s.prompt or info["instance_prompt"] or "", "output": {"url": s.repo_path}}
+    widget = [{"text": s.prompt or info["instance_prompt"] or "", "output": {"url": s.rel}}
               for s in rf.samples]
     data = ModelCardData(
-        base_model=base, license=license or info.get("license") or DEFAULT_LICENSE,
+        base_model=base, license=license or DEFAULT_LICENSE,
         tags=list(REQUIRED_TAGS), library_name="diffusers")
     # Keys the ModelCardData constructor does not know go in as extra metadata.
     extra: dict[str, Any] = {"instance_prompt": info["instance_prompt"] or None}
@@ -107,7 +116,7 @@ def build_card(rf: RunFiles, repo_id: str | None, license: str | None = None) ->
                  f"`base_model` names the public SDXL base.")
     if "comfyui" not in body.lower() or "a1111" not in body.lower().replace("automatic1111", "a1111"):
         body += "\n\n" + usage_section(repo_id, info, KOHYA_FILE in rf.files)
-    body += ("\n\n## Files\n\n" + "\n".join(f"- `{p}`" for p in sorted(rf.files)) + "\n")
+    body += "\n\n## Files\n\n" + "\n".join(_file_lines(rf)) + "\n"
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 

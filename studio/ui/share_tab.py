@@ -13,9 +13,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.dataset import store
+from studio.dataset.store import list_datasets
+from studio.runs.folder import RunFolder
 from studio.share.hub import ShareError, push_dataset, push_run, scrub
-from studio.share.runfiles import list_checkpoints
 from studio.ui.context import AppContext
 from studio.workspace import WorkspaceError, safe_name
 
@@ -44,7 +44,7 @@ def _checkpoint(choice: str | None) -> int | None:
 
 def checkpoint_choices(ctx: AppContext, name: str | None) -> list[str]:
     try:
-        steps = list_checkpoints(_run_dir(ctx, name)) if name else []
+        steps = [c.step for c in RunFolder(_run_dir(ctx, name)).checkpoints()] if name else []
     except ShareError:
         steps = []
     return [FINAL] + [f"checkpoint {s}" for s in reversed(steps)]
@@ -82,7 +82,7 @@ def on_push_dataset(ctx: AppContext, dataset_name: str, repo_id: str, private: b
         if not dataset_name:
             raise ShareError("Pick a dataset first.")
         safe_name(dataset_name, "dataset name")
-        match = [d for d in store.list_datasets(ctx.workspace) if d["name"] == dataset_name]
+        match = [d for d in list_datasets(ctx.workspace) if d["name"] == dataset_name]
         path = Path(match[0]["path"]) if match else ctx.workspace.dataset_path(dataset_name)
         res = push_dataset(path, repo_id, private=bool(private), token=token or None,
                            progress=_progress_fn(progress))
@@ -106,12 +106,7 @@ def on_bundle(ctx: AppContext, run_name: str, checkpoint: str | None) -> tuple[s
 
 
 def _dataset_names(ctx: AppContext) -> list[str]:
-    names = [d["name"] for d in store.list_datasets(ctx.workspace)]
-    root = ctx.workspace.datasets_dir
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if p.name not in names and (p / "images" / "metadata.jsonl").is_file():
-            names.append(p.name)
-    return names
+    return [d["name"] for d in list_datasets(ctx.workspace)]
 
 
 def build(ctx: AppContext) -> dict:

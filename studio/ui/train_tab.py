@@ -505,7 +505,7 @@ def build(ctx: AppContext) -> dict:
         if not run_dir:
             return gr.skip(), "⚠️ Pick a run first.", gr.skip()
         settings = _compare_settings(run_dir)
-        pairs = validation_pairs(run_dir, None)
+        pairs = validation_pairs(run_dir)
         try:
             gen = get_generator(ctx.base, ctx.refiner, ctx.vae)
             rows = compare_grid(run_dir, gen, settings, pairs,
@@ -525,13 +525,14 @@ def build(ctx: AppContext) -> dict:
                   concurrency_id="gpu")
 
     def on_export(run_dir, step):
-        from studio.train.compare import CompareError, export_checkpoint
+        from studio.runs.export import export_checkpoint
+        from studio.runs.folder import RunError
 
         if not run_dir or not step:
             return "⚠️ Pick a run and a checkpoint."
         try:
             out = export_checkpoint(run_dir, int(step))
-        except CompareError as exc:
+        except RunError as exc:
             return f"⚠️ {exc}"
         return f"✅ Checkpoint {step} is now the run's LoRA ({out.name})."
 
