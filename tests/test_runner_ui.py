@@ -5,17 +5,17 @@ from __future__ import annotations
 from studio.config import TrainConfig, load_config
 from studio.runs.export import export_checkpoint
 from studio.runs.folder import RunError
-from studio.ui.train_tab import (
-    _kind,
+from studio.ui.config_widgets import (
     config_fields,
     flatten,
     overrides_from_widgets,
+    widget_kind,
     widget_value,
 )
 
 
 def test_every_config_field_gets_a_widget_and_unchanged_values_give_no_overrides():
-    fields = [(k, _kind(fi.annotation)[0]) for _, items in config_fields(TrainConfig)
+    fields = [(k, widget_kind(fi.annotation)[0]) for _, items in config_fields(TrainConfig)
               for k, fi in items]
     keys = {k for k, _ in fields}
     flat = flatten(load_config(preset="portrait").model_dump(mode="json"))

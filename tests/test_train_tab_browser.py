@@ -103,10 +103,13 @@ def open_train_tab(page) -> None:
     page.get_by_role("tab", name="Train").click()
 
 
-def start_run(page, url: str, steps: int, dataset_label: str = "me (4 images)") -> None:
+def start_run(page, url: str, steps: int, dataset_label: str = "me (4 images)",
+              also_listed: tuple[str, ...] = ()) -> None:
     page.goto(url)
     open_train_tab(page)
     page.locator("#train-dataset input").click()
+    for label in also_listed:
+        page.get_by_role("option", name=label).wait_for(timeout=10_000)
     page.get_by_role("option", name=dataset_label).click()
     page.locator("#train-advanced").get_by_text("Advanced settings").first.click()
     overrides = "\n".join([*FAST, f"train.max_train_steps={steps}"])
@@ -126,7 +129,8 @@ def test_train_cancel_resume_compare_and_generate(home, tiny_models, page, clean
     make_dataset(home)
     app = start_app(home, tiny_models)
     try:
-        start_run(page, app.url, steps=STEPS)
+        make_dataset(home, "later")  # saved after the app started: the Train tab lists it too
+        start_run(page, app.url, steps=STEPS, also_listed=("later (4 images)",))
         job = wait_until(lambda: next((j for j in jobs(home) if j["pgid"]), None), 60,
                          "the job's process", page)
         run_dir = Path(job["run_dir"])

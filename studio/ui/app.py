@@ -24,6 +24,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             for mod in TAB_MODULES:
                 components[tab_key(mod)] = mod.build(ctx) or {}
         components["tabs"] = tabs
+        components["app"] = demo  # for page-load events (demo.load)
         # Cross-tab events (e.g. Train -> Generate): each module's optional wire(components).
         for mod in TAB_MODULES:
             if hasattr(mod, "wire"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from studio.models import model_source
+from studio.runs.folder import RunFolder
 from studio.workspace import Workspace
 
 
@@ -48,12 +48,8 @@ class AppContext:
 
     def lora_choices(self) -> list[str]:
         """LoRAs found in the workspace's runs (final LoRA of each finished run)."""
-        out = []
-        for run in self.workspace.list_runs():
-            p = Path(run["path"]) / "pytorch_lora_weights.safetensors"
-            if p.is_file():
-                out.append(str(p))
-        return out
+        runs = [RunFolder(run["path"]) for run in self.workspace.list_runs()]
+        return [str(run.lora_path) for run in runs if run.has_lora()]
 
     def environment(self) -> dict[str, str]:
         """Environment for subprocesses started by the UI (same model choices)."""
