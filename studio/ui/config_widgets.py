@@ -17,8 +17,8 @@ import yaml
 from studio import config as cfgmod
 from studio.config import ConfigError
 
-# Config fields the Train tab fills itself (the dataset picker, the run folder).
-SKIP_FIELDS = {"output_dir", "data.dataset"}
+# Config fields the Train tab fills itself (the dataset picker, the run folder, the version).
+SKIP_FIELDS = {"output_dir", "data.dataset", "config_version"}
 
 
 def config_fields(model_cls) -> list[tuple[str, list[tuple[str, Any]]]]:
