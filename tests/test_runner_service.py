@@ -62,6 +62,9 @@ def test_one_start_loads_the_preset_once_and_writes_the_config_once(workspace, d
     assert job.run_name.startswith("ds-portrait-") and job.preset == "portrait"
     assert job.state == "queued" and job.config_path == str(job.folder.config_path)
     assert [r["name"] for r in workspace.list_runs()] == [job.run_name]
+    # The trainer saves the config it was started with: the same text is not written again.
+    job.folder.save_config(job.folder.config())
+    assert len(config_writes) == 1, "the trainer must not write an unchanged config.yaml again"
 
 
 def test_overrides_win_over_the_base_and_the_dataset_wins_over_overrides(workspace, dataset,

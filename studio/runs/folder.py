@@ -209,8 +209,15 @@ class RunFolder:
             raise RunError(f"The run {self.name} has an unreadable {self.CONFIG}: {exc}") from None
 
     def save_config(self, cfg) -> Path:
+        """Write ``config.yaml`` (atomic). A file that already holds exactly this config is left
+        alone, so a job the app queued is not written again when its trainer starts."""
         from studio.config import save_config
 
+        try:
+            if self.config_path.read_text(encoding="utf-8") == cfg.to_yaml():
+                return self.config_path
+        except OSError:
+            pass
         self.path.mkdir(parents=True, exist_ok=True)
         return save_config(cfg, self.config_path)
 
