@@ -494,7 +494,7 @@ def build(ctx: AppContext) -> dict:
     resume.click(on_resume, runs, action_status)
 
     def on_compare(run_dir, progress=gr.Progress()):
-        from studio.generate.engine import GenerationError, get_generator
+        from studio.generate.request import GenerationError
         from studio.models import ModelLoadError
         from studio.train.compare import CompareError, compare_grid, validation_pairs
 
@@ -503,7 +503,7 @@ def build(ctx: AppContext) -> dict:
         settings = _compare_settings(run_dir)
         pairs = validation_pairs(run_dir, None)
         try:
-            gen = get_generator(ctx.base, ctx.refiner, ctx.vae)
+            gen = ctx.generation_service().generator()
             rows = compare_grid(run_dir, gen, settings, pairs,
                                 progress=lambda d, n: progress(d / n, desc=f"{d}/{n} images"))
         except (CompareError, ModelLoadError, GenerationError) as exc:
