@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _train_support import make_dataset
 from api_support import SMALL, bearer, keystore, request
 from conftest import free_port, wait_http
 
@@ -68,8 +69,7 @@ def test_api_and_job_scheduler_run_without_the_ui(tmp_path, tiny_models):
 
     home = tmp_path / "home"
     home.mkdir()
-    dataset = tmp_path / "ds"
-    (dataset / "images").mkdir(parents=True)
+    dataset = make_dataset(tmp_path / "ds", n=1)
     port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "STUDIO_BASE_MODEL": str(tiny_models["base"]),
