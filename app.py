@@ -43,32 +43,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_context(args: argparse.Namespace):
-    from studio.models import model_source
-    from studio.ui.context import AppContext
-    from studio.workspace import Workspace
-
-    if args.home:
-        os.environ["STUDIO_HOME"] = args.home
-    ws = Workspace()
-    base, refiner, captioner = args.base, args.refiner, args.captioner
-    if args.demo:
-        from studio.tiny import build_tiny_models
-
-        paths = build_tiny_models(ws.models_dir / "tiny")
-        base = base or str(paths["base"])
-        refiner = refiner or str(paths["refiner"])
-        captioner = captioner or str(paths["captioner"])
-    for var, val in (("STUDIO_BASE_MODEL", base), ("STUDIO_REFINER_MODEL", refiner),
-                     ("STUDIO_CAPTION_MODEL", captioner), ("STUDIO_VAE_MODEL", args.vae)):
-        if val:
-            os.environ[var] = val
-    return AppContext(workspace=ws, base=model_source("base", base),
-                      refiner=model_source("refiner", refiner),
-                      captioner=model_source("captioner", captioner), vae=args.vae,
-                      demo=args.demo, remote=args.host not in ("127.0.0.1", "localhost", "::1"))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -78,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
     from studio import spaces
-    from studio.security import SecurityError, check_exposure, harden_pillow, parse_auth
+    from studio.security import (
+        SecurityError,
+        check_exposure,
+        harden_pillow,
+        is_local_host,
+        parse_auth,
+    )
 
     space = spaces.configure()  # on a Space: workspace and HF cache on /data when present
     if space.on_spaces and args.host == "127.0.0.1" and "STUDIO_HOST" not in os.environ:
@@ -95,18 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         log.warning(warning)
     harden_pillow()
-    ctx = make_context(args)
+    from studio.compose import build_services, create_http_app
+
+    services = build_services(args.home or None, base=args.base, refiner=args.refiner,
+                              vae=args.vae, captioner=args.captioner, demo=args.demo,
+                              remote=not is_local_host(args.host))
     if space.storage_warning:
-        ctx.notices.append(space.storage_warning)
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(ctx.workspace.tmp_dir))
+        services.notices.append(space.storage_warning)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(services.workspace.tmp_dir))
     import uvicorn
 
-    from studio.ui.app import build_app
-    from studio.ui.server import ServerOptions, build_server
+    from studio.api.settings import ServerOptions
 
-    demo = build_app(ctx)
-    server = build_server(ctx, demo, ServerOptions(auth=auth, host=args.host, port=args.port))
-    log.info("workspace: %s; UI login: %s; API docs at /docs", ctx.workspace.home,
+    server = create_http_app(services, ui=True,
+                             options=ServerOptions(auth=auth, host=args.host, port=args.port))
+    log.info("workspace: %s; UI login: %s; API docs at /docs", services.workspace.home,
              f"{len(auth)} user(s)" if auth else "off")
     uvicorn.run(server, host=args.host, port=args.port, log_level="debug" if args.debug
                 else "info", server_header=False, timeout_graceful_shutdown=10)

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from studio.generate.engine import GenerationRequest, Generator
+    from studio.generate.engine import Generator
+    from studio.generate.request import GenerationRequest
 
     if args.tiny:
         device, dtype = "cpu", torch.float32

@@ -35,6 +35,31 @@ def _cmd_tiny(args) -> int:
 
 
 # ---- generate ---------------------------------------------------------------------------------
+# The request's numeric options: (field of GenerationRequest, what it means); ranges and defaults
+# come from studio.generate.request.LIMITS.
+_GENERATE_NUMBERS = [
+    ("seed", "seed of the first image; image i uses seed + i"),
+    ("steps", "denoising steps"),
+    ("guidance", "classifier-free guidance scale"),
+    ("width", "image width in pixels"),
+    ("height", "image height in pixels"),
+    ("num_images", "number of images"),
+    ("lora_scale", "weight of the LoRA"),
+    ("refiner_switch", "fraction of denoising done by the base before the refiner takes over"),
+]
+
+
+def add_limit_argument(p: argparse.ArgumentParser, name: str, what: str) -> None:
+    """``--name`` with the type, default and range of ``LIMITS[name]``."""
+    from studio.generate.request import LIMITS
+
+    lim = LIMITS[name]
+    default = lim.kind(lim.default)
+    text = f"{what}: {lim.describe()}, default {default}" + (f" ({lim.hint})" if lim.hint else "")
+    p.add_argument("--" + name.replace("_", "-"), type=lim.kind, default=default,
+                   help=text.replace("%", "%%"))
+
+
 def _add_generate(sub) -> None:
     from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -44,27 +69,20 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    p.add_argument("--seed", type=int, default=-1, help="-1 for random")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=6.0)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--num-images", type=int, default=1)
+    for name, what in _GENERATE_NUMBERS:
+        add_limit_argument(p, name, what)
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=list(SCHEDULERS))
     p.add_argument("--lora", help="LoRA file/folder or Hub id (owner/name[:file.safetensors])")
-    p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--refiner", nargs="?", const="", default=None,
                    help="use the refiner (optionally a Hub id or folder; env STUDIO_REFINER_MODEL)")
-    p.add_argument("--refiner-switch", type=float, default=0.8,
-                   help="fraction of denoising done by the base before the refiner takes over")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args) -> int:
-    from studio.generate.engine import GenerationRequest, Generator
     from studio.generate.gallery import Gallery
+    from studio.generate.request import GenerationRequest
+    from studio.generate.service import GenerationService
 
-    gen = Generator(base=args.base, refiner=args.refiner or None, vae=args.vae)
     req = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,
@@ -72,9 +90,9 @@ def _cmd_generate(args) -> int:
         lora_scale=args.lora_scale, refiner=args.refiner is not None,
         refiner_switch=args.refiner_switch)
     req.validate()
+    service = GenerationService(base=args.base, refiner=args.refiner or None, vae=args.vae)
     gallery = Gallery(args.out)
-    results = gen.generate(req, progress=_progress_printer())
-    for r in results:
+    for r in service.generate(req, progress=_progress_printer()):
         path = gallery.add(r.image, r.params)
         print(f"{path}  seed={r.params['seed']}")
     return 0

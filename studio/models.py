@@ -1,7 +1,7 @@
 """Model ids, local overrides, device/dtype choice, lazy cached loading and the GPU lock.
 
-Every model the studio uses has a default Hub id that the user can replace by an environment
-variable (or a CLI flag / UI field) holding another Hub id or a local folder:
+Every model the studio uses has a default Hub id that the operator can replace by an environment
+variable (or a command-line option) holding another Hub id or a local folder:
 
 ==========  ===============================================  ========================
 role        default                                          environment variable
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.errors import StudioError
+from studio.errors import StudioError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,32 @@ def model_source(role: str, override: str | os.PathLike | None = None) -> str:
     if override not in (None, ""):
         return str(override)
     return os.environ.get(r.env) or r.default
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """The operator's model choices, resolved once at start (option, else environment
+    variable, else default). In-process code gets them from here; only subprocesses (training
+    jobs) receive them, as environment variables (:meth:`environment`)."""
+
+    base: str
+    refiner: str
+    captioner: str
+    vae: str | None = None
+
+    @classmethod
+    def resolve(cls, base: str | None = None, refiner: str | None = None,
+                captioner: str | None = None, vae: str | None = None) -> ModelSources:
+        return cls(base=model_source("base", base), refiner=model_source("refiner", refiner),
+                   captioner=model_source("captioner", captioner),
+                   vae=str(vae) if vae else os.environ.get(ROLES["vae"].env) or None)
+
+    def environment(self) -> dict[str, str]:
+        """The environment variables that hand these choices to a subprocess."""
+        env = {ROLES[r].env: getattr(self, r) for r in ("base", "refiner", "captioner")}
+        if self.vae:
+            env[ROLES["vae"].env] = self.vae
+        return env
 
 
 def vae_source(base: str, override: str | None = None) -> str | None:
@@ -168,8 +194,7 @@ def _hub_offline() -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    s = str(exc).strip().splitlines()
-    return (s[0] if s else type(exc).__name__).rstrip(".")[:200]
+    return first_line(exc).rstrip(".")[:200]
 
 
 # ---- the cache ------------------------------------------------------------------------------
@@ -185,23 +210,6 @@ def cached(key: tuple, loader: Callable[[], Any]) -> Any:
     obj = loader()
     with _CACHE_LOCK:
         return _CACHE.setdefault(key, obj)
-
-
-def evict(predicate: Callable[[tuple], bool] | None = None) -> None:
-    """Drop cached models (all, or those whose key matches) and free GPU memory."""
-    with _CACHE_LOCK:
-        for k in [k for k in _CACHE if predicate is None or predicate(k)]:
-            del _CACHE[k]
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover - best effort
-        pass
 
 
 def _check_local(role: str, source: str) -> None:

@@ -169,9 +169,3 @@ def build_tiny_models(out_dir: str | Path, force: bool = False) -> dict[str, Pat
     atomic_write_text(out / MARKER, json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     log.info("tiny models written to %s", out)
     return paths
-
-
-def is_tiny(path: str | Path) -> bool:
-    """True when ``path`` is one of the tiny models (the UI then says images are noise)."""
-    p = Path(str(path)).expanduser()
-    return p.exists() and (p.parent / MARKER).exists()

@@ -11,8 +11,9 @@ import pytest
 from lora_utils import make_mixed_spelling_lora, make_tiny_lora
 from PIL import Image
 
-from studio.generate.engine import GenerationError, GenerationRequest, Generator
+from studio.generate.engine import Generator
 from studio.generate.gallery import read_params
+from studio.generate.request import GenerationError, GenerationRequest
 from studio.generate.schedulers import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -315,7 +315,7 @@ def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir,
     import huggingface_hub.constants as c
     import numpy as np
 
-    from studio.generate.engine import GenerationRequest
+    from studio.generate.request import GenerationRequest
     from studio.lora.refs import resolve_lora
     from studio.models import ModelLoadError
 
@@ -366,7 +366,7 @@ def test_hub_lora_is_downloaded_once_and_used_in_generation(hub, alice, run_dir,
 def test_checkpoint_kohya_conversion_matches_diffusers(run_dir, generator, tmp_path):
     import numpy as np
 
-    from studio.generate.engine import GenerationRequest
+    from studio.generate.request import GenerationRequest
     from studio.lora.kohya import write_kohya
 
     src = run_dir / "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors"

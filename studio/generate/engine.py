@@ -21,8 +21,9 @@ from typing import Any
 from PIL import Image
 
 from studio import __version__
-from studio.errors import StudioError
-from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
+from studio.errors import first_line
+from studio.generate.request import MAX_SEED, GenerationError, GenerationRequest
+from studio.generate.schedulers import make_scheduler
 from studio.lora.refs import LoraRef, resolve_lora
 from studio.models import (
     GPU_LOCK,
@@ -36,60 +37,9 @@ from studio.models import (
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**32 - 1
-
-
 # pipeline -> OrderedDict[(file, mtime) -> adapter name], least recently used first.
 _PIPE_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ADAPTER_IDS = itertools.count()
-
-
-class GenerationError(StudioError, ValueError):
-    """A request the user must change (one sentence)."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt: str
-    negative_prompt: str = ""
-    seed: int | None = None
-    steps: int = 30
-    guidance: float = 6.0
-    width: int = 1024
-    height: int = 1024
-    num_images: int = 1
-    scheduler: str = DEFAULT_SCHEDULER
-    lora: str | None = None
-    lora_scale: float = 1.0
-    refiner: bool = False
-    refiner_switch: float = 0.8
-
-    def validate(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise GenerationError("The prompt is empty: describe the image to generate.")
-        if len(self.prompt) > 2000 or len(self.negative_prompt or "") > 2000:
-            raise GenerationError("Prompts are limited to 2000 characters.")
-        if not 1 <= int(self.steps) <= 150:
-            raise GenerationError(f"Steps must be between 1 and 150 (got {self.steps}).")
-        if not 0 <= float(self.guidance) <= 30:
-            raise GenerationError(f"Guidance must be between 0 and 30 (got {self.guidance}).")
-        for name in ("width", "height"):
-            v = int(getattr(self, name))
-            if not 64 <= v <= 2048 or v % 8:
-                raise GenerationError(f"{name.capitalize()} must be a multiple of 8 between 64 and "
-                                      f"2048 (got {v}).")
-        if not 1 <= int(self.num_images) <= 8:
-            raise GenerationError(f"Number of images must be 1-8 (got {self.num_images}).")
-        if self.scheduler not in SCHEDULERS:
-            raise GenerationError(f"Unknown scheduler {self.scheduler!r}; choose one of: "
-                                  f"{', '.join(SCHEDULERS)}.")
-        if not -4 <= float(self.lora_scale) <= 4:
-            raise GenerationError(f"LoRA scale must be between -4 and 4 (got {self.lora_scale}).")
-        if self.refiner and not 0.0 < float(self.refiner_switch) < 1.0:
-            raise GenerationError("Refiner switch must be between 0 and 1 (e.g. 0.8: the base "
-                                  "does 80% of the denoising).")
-        if self.seed is not None and not -1 <= int(self.seed) <= MAX_SEED:
-            raise GenerationError(f"Seed must be between 0 and {MAX_SEED} (or -1 for random).")
 
 
 @dataclass
@@ -155,10 +105,9 @@ class Generator:
                     folder, weight = use.parent, use.name
                 pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else \
-                    type(exc).__name__
                 raise ModelLoadError(f"The LoRA {ref.label} could not be loaded into this base "
-                                     f"model ({first}); check that it is an SDXL LoRA.") from exc
+                                     f"model ({first_line(exc, 160)}); check that it is an SDXL "
+                                     "LoRA.") from exc
             adapters[key] = name
             while len(adapters) > self.MAX_ADAPTERS:
                 _, old = adapters.popitem(last=False)
@@ -231,21 +180,3 @@ class Generator:
                 }
                 out.append(GeneratedImage(image, params))
         return out
-
-
-_CURRENT: dict[str, Any] = {"key": None, "generator": None}
-
-
-def get_generator(base: str | None = None, refiner: str | None = None, vae: str | None = None
-                  ) -> Generator:
-    """The process's shared :class:`Generator`. Only one base model stays loaded: asking for
-    another base (or refiner) frees the previous models first, so a GPU never holds two SDXLs."""
-    from studio.models import evict
-
-    key = (model_source("base", base), model_source("refiner", refiner), vae)
-    with GPU_LOCK:
-        if _CURRENT["key"] != key:
-            if _CURRENT["generator"] is not None:
-                evict(lambda k: k[0] in ("base", "refiner"))
-            _CURRENT.update(key=key, generator=Generator(base, refiner, vae))
-        return _CURRENT["generator"]

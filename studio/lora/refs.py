@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from studio.lora.formats import DIFFUSERS_FILE as LORA_FILE
 from studio.models import ModelLoadError, hub_endpoint, looks_like_path
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ class LoraRef:
     label: str
 
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 # owner/name:path/in/repo.safetensors (a file in a subfolder has more slashes than a bare id)
 _HUB_FILE_REF = re.compile(r"^[\w.-]+/[\w.-]+:[\w./-]+\.safetensors$")
 

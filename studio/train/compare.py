@@ -107,7 +107,7 @@ def compare_grid(run_dir: str | Path, generator: Any, settings: CompareSettings,
                  pairs: list[tuple[str, int]] | None = None, reuse_samples: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> list[list[Cell]]:
     """Rows of cells, one row per complete checkpoint, one column per (prompt, seed)."""
-    from studio.generate.engine import GenerationRequest
+    from studio.generate.request import GenerationRequest
     from studio.generate.gallery import png_bytes
 
     run = RunFolder(run_dir)

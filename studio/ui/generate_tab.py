@@ -1,4 +1,9 @@
-"""The Generate tab: prompt + trigger, LoRA, refiner, samplers, a gallery with metadata, export."""
+"""The Generate tab: prompt + trigger, LoRA, refiner, samplers, a gallery with metadata, export.
+
+The models are the operator's (``--base``/``--refiner``/``--vae``), shown read-only: a user
+chooses the request, never the model that every session and the HTTP API share. The sliders'
+ranges come from :data:`studio.generate.request.LIMITS`, like the API's.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,20 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.generate.engine import GenerationError, GenerationRequest, get_generator
+from studio.errors import StudioError
 from studio.generate.gallery import Gallery, read_params
+from studio.generate.request import LIMITS, GenerationRequest
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from studio.models import ModelLoadError
+from studio.models import looks_like_path
 from studio.ui.context import AppContext
 
 log = logging.getLogger(__name__)
 
 NO_LORA = "(none)"
 GALLERY_LIMIT = 200
+# The request's inputs, in the order run_generation takes them.
+INPUTS = ("prompt", "negative", "lora", "lora_scale", "scheduler", "steps", "guidance", "width",
+          "height", "seed", "num_images", "use_refiner", "refiner_switch")
 
 
 def _gallery_value(gallery: Gallery) -> list[tuple[str, str]]:
@@ -25,10 +34,11 @@ def _gallery_value(gallery: Gallery) -> list[tuple[str, str]]:
             for it in gallery.items(limit=GALLERY_LIMIT)]
 
 
-def run_generation(ctx: AppContext, gallery: Gallery, base, refiner_model, prompt, negative, lora, lora_scale,
+def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lora_scale,
                    scheduler, steps, guidance, width, height, seed, num_images, use_refiner,
                    refiner_switch, progress=None) -> tuple[list, str]:
-    """Generate and save; returns (gallery value, status markdown). Never raises for user errors."""
+    """Generate with the operator's models and save; returns (gallery value, status markdown).
+    Never raises for user errors."""
     lora = None if not lora or lora == NO_LORA else str(lora).strip()
     req = GenerationRequest(
         prompt=prompt or "", negative_prompt=negative or "", seed=int(seed),
@@ -36,17 +46,14 @@ def run_generation(ctx: AppContext, gallery: Gallery, base, refiner_model, promp
         num_images=int(num_images), scheduler=scheduler, lora=lora, lora_scale=float(lora_scale),
         refiner=bool(use_refiner), refiner_switch=float(refiner_switch))
     t0 = time.perf_counter()
+
+    def report(i, n, step, total):
+        if progress is not None:
+            progress((i * total + step) / (n * total), desc=f"image {i + 1}/{n}, step {step}")
+
     try:
-        req.validate()
-        gen = get_generator((base or "").strip() or ctx.base,
-                            (refiner_model or "").strip() or ctx.refiner, ctx.vae)
-
-        def report(i, n, step, total):
-            if progress is not None:
-                progress((i * total + step) / (n * total), desc=f"image {i + 1}/{n}, step {step}")
-
-        results = gen.generate(req, progress=report)
-    except (ModelLoadError, GenerationError) as exc:
+        results = ctx.generation_service().generate(req, progress=report)
+    except StudioError as exc:  # GenerationError, ModelLoadError: one sentence
         return _gallery_value(gallery), f"**Error:** {exc}"
     except Exception as exc:  # an unexpected failure: keep the app alive, say what happened
         log.exception("generation failed")
@@ -59,97 +66,115 @@ def run_generation(ctx: AppContext, gallery: Gallery, base, refiner_model, promp
             f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds}).")
 
 
+def slider(name: str, label: str, elem_id: str, value: float | None = None) -> gr.Slider:
+    """A slider over ``LIMITS[name]`` (its default unless ``value`` is given)."""
+    lim = LIMITS[name]
+    lo, hi = lim.ui_range()
+    return gr.Slider(lo, hi, value=lim.default if value is None else value, step=lim.step,
+                     label=label, elem_id=elem_id)
+
+
+def _request_inputs(ctx: AppContext) -> dict:
+    demo = ctx.demo
+    c = {"prompt": gr.Textbox(label="Prompt", lines=3, elem_id="gen-prompt",
+                              placeholder="a photo of TOK person, portrait, natural light",
+                              info="Use your LoRA's trigger (e.g. TOK person)."),
+         "negative": gr.Textbox(label="Negative prompt", lines=2, elem_id="gen-negative",
+                                value="blurry, lowres, deformed, watermark")}
+    with gr.Row():
+        c["lora"] = gr.Dropdown(label="LoRA", choices=[NO_LORA] + ctx.lora_choices(),
+                                value=NO_LORA, allow_custom_value=True, elem_id="gen-lora",
+                                info="A trained run, a .safetensors path, or a Hub id "
+                                     "(owner/name or owner/name:file.safetensors).")
+        c["lora_scale"] = slider("lora_scale", "LoRA scale", "gen-lora-scale")
+    with gr.Row():
+        c["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler",
+                                     elem_id="gen-scheduler")
+        c["steps"] = slider("steps", "Steps", "gen-steps", 4 if demo else None)
+        c["guidance"] = slider("guidance", "Guidance (CFG)", "gen-guidance")
+    with gr.Row():
+        c["width"] = slider("width", "Width", "gen-width", 64 if demo else None)
+        c["height"] = slider("height", "Height", "gen-height", 64 if demo else None)
+    with gr.Row():
+        seed = LIMITS["seed"]
+        c["seed"] = gr.Number(value=seed.default, precision=0, minimum=seed.lo, maximum=seed.hi,
+                              label="Seed (-1 = random)", elem_id="gen-seed")
+        c["num_images"] = slider("num_images", "Images", "gen-num")
+    with gr.Row():
+        c["use_refiner"] = gr.Checkbox(label="SDXL refiner", value=False, elem_id="gen-refiner",
+                                       info="Ensemble of experts: the base denoises up to the "
+                                            "switch, the refiner finishes.")
+        c["refiner_switch"] = slider("refiner_switch", "Refiner switch", "gen-switch")
+    return c
+
+
+def shown_source(ctx: AppContext, source: str | None) -> str:
+    """A model source as the UI shows it: a server folder only by its name to remote users."""
+    if not source:
+        return "(none)"
+    return Path(source).name if ctx.remote and looks_like_path(source) else source
+
+
+def _models_panel(ctx: AppContext) -> None:
+    with gr.Accordion("Models", open=False):
+        gr.Markdown("Chosen by whoever runs the studio (`--base`, `--refiner`, `--vae` or "
+                    "`STUDIO_BASE_MODEL`, ...): every session and the HTTP API use the same.")
+        gr.Textbox(label="Base model", value=shown_source(ctx, ctx.base), interactive=False,
+                   elem_id="gen-base")
+        gr.Textbox(label="Refiner model", value=shown_source(ctx, ctx.refiner),
+                   interactive=False, elem_id="gen-refiner-model")
+
+
+def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:
+    def on_generate(*args, progress=gr.Progress()):
+        return run_generation(ctx, gallery, *args, progress=progress)
+
+    c["go"].click(on_generate, [c[k] for k in INPUTS], [c["images"], c["status"]],
+                  concurrency_limit=1, concurrency_id="gpu")
+
+    def on_select(evt: gr.SelectData):
+        items = gallery.items(limit=GALLERY_LIMIT)
+        if evt.index is None or evt.index >= len(items):
+            return None
+        it = items[evt.index]
+        return {"file": it.path.name, **read_params(it.path)}
+
+    c["images"].select(on_select, None, c["meta"])
+    c["refresh"].click(lambda: (_gallery_value(gallery),
+                                gr.update(choices=[NO_LORA] + ctx.lora_choices())),
+                       None, [c["images"], c["lora"]])
+
+    def on_export():
+        try:
+            out = ctx.workspace.exports_dir / f"gallery-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+            return str(gallery.export_zip(out)), ""
+        except ValueError as exc:
+            return None, f"**Error:** {exc}"
+
+    c["export"].click(on_export, None, [c["export_file"], c["status"]])
+
+
 def build(ctx: AppContext) -> dict:
     gallery = Gallery(ctx.workspace.gallery_dir)
-    demo = ctx.demo
     with gr.Tab("Generate", id="generate"):
-        if demo:
+        if ctx.demo:
             gr.Markdown(ctx.demo_note)
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="gen-prompt",
-                                    placeholder="a photo of TOK person, portrait, natural light",
-                                    info="Use your LoRA's trigger (e.g. TOK person).")
-                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="gen-negative",
-                                      value="blurry, lowres, deformed, watermark")
-                with gr.Row():
-                    lora = gr.Dropdown(label="LoRA", choices=[NO_LORA] + ctx.lora_choices(),
-                                       value=NO_LORA, allow_custom_value=True, elem_id="gen-lora",
-                                       info="A trained run, a .safetensors path, or a Hub id "
-                                            "(owner/name or owner/name:file.safetensors).")
-                    lora_scale = gr.Slider(-1, 2, value=1.0, step=0.05, label="LoRA scale",
-                                           elem_id="gen-lora-scale")
-                with gr.Row():
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER,
-                                            label="Sampler", elem_id="gen-scheduler")
-                    steps = gr.Slider(1, 100, value=4 if demo else 30, step=1, label="Steps",
-                                      elem_id="gen-steps")
-                    guidance = gr.Slider(0, 20, value=6.0, step=0.5, label="Guidance (CFG)",
-                                         elem_id="gen-guidance")
-                with gr.Row():
-                    width = gr.Slider(64, 2048, value=64 if demo else 1024, step=8, label="Width",
-                                      elem_id="gen-width")
-                    height = gr.Slider(64, 2048, value=64 if demo else 1024, step=8,
-                                       label="Height", elem_id="gen-height")
-                with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)",
-                                     elem_id="gen-seed")
-                    num_images = gr.Slider(1, 8, value=1, step=1, label="Images",
-                                           elem_id="gen-num")
-                with gr.Row():
-                    use_refiner = gr.Checkbox(label="SDXL refiner", value=False,
-                                              elem_id="gen-refiner",
-                                              info="Ensemble of experts: the base denoises up to "
-                                                   "the switch, the refiner finishes.")
-                    refiner_switch = gr.Slider(0.5, 0.95, value=0.8, step=0.05,
-                                               label="Refiner switch", elem_id="gen-switch")
-                with gr.Accordion("Models", open=False):
-                    base = gr.Textbox(label="Base model", value=ctx.base, elem_id="gen-base",
-                                      info="Hub id or local folder of an SDXL base model.")
-                    refiner_model = gr.Textbox(label="Refiner model", value=ctx.refiner,
-                                               elem_id="gen-refiner-model",
-                                               info="Hub id or local folder of the SDXL refiner.")
-                go = gr.Button("Generate", variant="primary", elem_id="gen-button")
-                status = gr.Markdown(elem_id="gen-status")
+                c = _request_inputs(ctx)
+                _models_panel(ctx)
+                c["go"] = gr.Button("Generate", variant="primary", elem_id="gen-button")
+                c["status"] = gr.Markdown(elem_id="gen-status")
             with gr.Column(scale=3):
-                images = gr.Gallery(value=_gallery_value(gallery), label="Gallery", columns=3,
-                                    height=520, elem_id="gen-gallery", object_fit="contain")
-                meta = gr.JSON(label="Image parameters", elem_id="gen-meta")
+                c["images"] = gr.Gallery(value=_gallery_value(gallery), label="Gallery",
+                                         columns=3, height=520, elem_id="gen-gallery",
+                                         object_fit="contain")
+                c["meta"] = gr.JSON(label="Image parameters", elem_id="gen-meta")
                 with gr.Row():
-                    refresh = gr.Button("Refresh gallery", size="sm")
-                    export = gr.Button("Export gallery (zip)", size="sm", elem_id="gen-export")
-                export_file = gr.File(label="Export", interactive=False, elem_id="gen-export-file")
-
-        def on_generate(*args, progress=gr.Progress()):
-            return run_generation(ctx, gallery, *args, progress=progress)
-
-        go.click(on_generate,
-                 [base, refiner_model, prompt, negative, lora, lora_scale, scheduler, steps, guidance, width, height,
-                  seed, num_images, use_refiner, refiner_switch],
-                 [images, status], concurrency_limit=1, concurrency_id="gpu")
-
-        def on_select(evt: gr.SelectData):
-            items = gallery.items(limit=GALLERY_LIMIT)
-            if evt.index is None or evt.index >= len(items):
-                return None
-            it = items[evt.index]
-            return {"file": it.path.name, **read_params(it.path)}
-
-        images.select(on_select, None, meta)
-        refresh.click(lambda: (_gallery_value(gallery),
-                               gr.update(choices=[NO_LORA] + ctx.lora_choices())),
-                      None, [images, lora])
-
-        def on_export():
-            try:
-                out = ctx.workspace.exports_dir / f"gallery-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-                return str(gallery.export_zip(out)), ""
-            except ValueError as exc:
-                return None, f"**Error:** {exc}"
-
-        export.click(on_export, None, [export_file, status])
-    return {"prompt": prompt, "lora": lora, "images": images, "status": status}
-
-
-def lora_path_for_run(run_dir: str | Path) -> str:
-    return str(Path(run_dir) / "pytorch_lora_weights.safetensors")
+                    c["refresh"] = gr.Button("Refresh gallery", size="sm")
+                    c["export"] = gr.Button("Export gallery (zip)", size="sm",
+                                            elem_id="gen-export")
+                c["export_file"] = gr.File(label="Export", interactive=False,
+                                           elem_id="gen-export-file")
+        _wire(ctx, gallery, c)
+    return c

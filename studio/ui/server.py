@@ -1,6 +1,7 @@
-"""One process, one port: the HTTP API (FastAPI) with the Gradio UI mounted on it.
+"""The Gradio UI mounted on the HTTP API's app: one process, one port.
 
-:func:`build_server` applies the secure Gradio settings: login when configured, a finite queue
+The composition root (:func:`studio.compose.create_http_app`) calls :func:`mount_ui`, which
+applies the secure Gradio settings: login when configured, a finite queue
 with a concurrency limit, the UI's internal events hidden from Gradio's API docs and clients,
 no direct REST calls that skip the queue, error details hidden from remote users, uploads
 capped, only the app's own outputs servable, and a throttle on login attempts.
@@ -12,13 +13,13 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from studio.api.server import ApiSettings, create_api
+from studio.api.settings import ServerOptions
 from studio.ui.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,6 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD = "50mb"
 QUEUE_MAX_SIZE = 32
 LOGIN_ATTEMPTS_PER_MIN = 10
-
-
-@dataclass
-class ServerOptions:
-    auth: list[tuple[str, str]] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 7860
-    auth_message: str | None = None
-    api_settings: ApiSettings | None = None
 
 
 def lock_down(blocks: gr.Blocks) -> None:
@@ -69,11 +61,23 @@ class LoginThrottle:
             return True
 
 
-def build_server(ctx: AppContext, blocks: gr.Blocks, opts: ServerOptions) -> FastAPI:
-    """The ASGI app serving the API (``/generate_image``, ``/api_key_usage``, ``/health``,
-    ``/docs``) and the UI at ``/``."""
-    app = create_api(ctx.workspace, base=ctx.base, refiner=ctx.refiner, vae=ctx.vae,
-                     settings=opts.api_settings)
+def context_for(services: Any) -> AppContext:
+    """The UI's context over the composition root's services (a :class:`studio.compose.Services`):
+    the operator's models, the shared job and generation services."""
+    m = services.models
+    return AppContext(workspace=services.workspace, base=m.base, refiner=m.refiner,
+                      captioner=m.captioner, vae=m.vae, demo=services.demo,
+                      remote=services.remote, notices=list(services.notices),
+                      jobs=services.jobs, generation=services.generation)
+
+
+def mount_ui(app: FastAPI, services: Any, opts: ServerOptions) -> gr.Blocks:
+    """Build the UI on ``services`` and mount it at ``/`` of ``app`` (the API app), locked down:
+    login throttle, private events, a finite queue, only the app's own outputs servable."""
+    from studio.ui.app import build_app
+
+    ctx = context_for(services)
+    blocks = build_app(ctx)
     throttle = LoginThrottle()
 
     @app.middleware("http")
@@ -102,4 +106,4 @@ def build_server(ctx: AppContext, blocks: gr.Blocks, opts: ServerOptions) -> Fas
         allowed_paths=allowed, blocked_paths=blocked, show_error=not ctx.remote,
         max_file_size=MAX_UPLOAD, ssr_mode=False, mcp_server=False,
         enable_monitoring=False, pwa=False)
-    return app
+    return blocks
