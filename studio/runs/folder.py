@@ -101,6 +101,18 @@ def _image_order(p: Path) -> tuple[int, str]:
     return (int(p.stem) if p.stem.isdigit() else 1 << 30, p.name)
 
 
+class _Member:
+    """A path inside the run folder, named by one of RunFolder's file-name constants."""
+
+    def __init__(self, constant: str):
+        self.constant = constant
+
+    def __get__(self, folder: RunFolder | None, owner: type) -> Any:
+        if folder is None:
+            return self
+        return folder.path / getattr(owner, self.constant)
+
+
 class RunFolder:
     """A run folder (it need not exist yet). Cheap to make; every read goes to the disk."""
 
@@ -135,53 +147,18 @@ class RunFolder:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def events_path(self) -> Path:
-        return self.path / self.EVENTS
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / self.LOG
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / self.MANIFEST
-
-    @property
-    def card_path(self) -> Path:
-        return self.path / self.CARD
-
-    @property
-    def lora_path(self) -> Path:
-        return self.path / self.LORA
-
-    @property
-    def kohya_path(self) -> Path:
-        return self.path / self.KOHYA
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / self.CHECKPOINTS
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.path / self.SAMPLES
-
-    @property
-    def compare_dir(self) -> Path:
-        return self.path / self.COMPARE
-
-    @property
-    def class_images_dir(self) -> Path:
-        return self.path / self.CLASS_IMAGES
-
-    @property
-    def selected_path(self) -> Path:
-        return self.path / self.SELECTED
+    config_path = _Member("CONFIG")
+    events_path = _Member("EVENTS")
+    log_path = _Member("LOG")
+    manifest_path = _Member("MANIFEST")
+    card_path = _Member("CARD")
+    lora_path = _Member("LORA")
+    kohya_path = _Member("KOHYA")
+    checkpoints_dir = _Member("CHECKPOINTS")
+    samples_dir = _Member("SAMPLES")
+    compare_dir = _Member("COMPARE")
+    class_images_dir = _Member("CLASS_IMAGES")
+    selected_path = _Member("SELECTED")
 
     def sample_dir(self, step: int) -> Path:
         return self.samples_dir / f"step-{int(step):06d}"

@@ -107,8 +107,8 @@ def compare_grid(run_dir: str | Path, generator: Any, settings: CompareSettings,
                  pairs: list[tuple[str, int]] | None = None, reuse_samples: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> list[list[Cell]]:
     """Rows of cells, one row per complete checkpoint, one column per (prompt, seed)."""
-    from studio.generate.request import GenerationRequest
     from studio.generate.gallery import png_bytes
+    from studio.generate.request import GenerationRequest
 
     run = RunFolder(run_dir)
     run_dir = run.path
