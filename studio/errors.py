@@ -14,9 +14,6 @@ from __future__ import annotations
 class StudioError(Exception):
     """A user-facing error; ``str(err)`` is one sentence."""
 
-    def one_line(self) -> str:
-        return first_line(self)
-
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
     """The first non-empty line of an exception's message (its class name when it has none)."""

@@ -57,10 +57,6 @@ class Checkpoint:
     def lora_path(self) -> Path:
         return self.path / DIFFUSERS_FILE
 
-    @property
-    def state_path(self) -> Path:
-        return self.path / ckpt.STATE_FILE
-
 
 @dataclass(frozen=True)
 class Sample:
