@@ -148,7 +148,8 @@ class TrainSection(_Section):
     noise_offset: float = Field(0.0, ge=0, description="Noise offset (0.05-0.1 helps very dark/bright "
                                 "images).")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "bf16", description="Mixed precision on GPU; a CPU always trains in fp32 (a warning says so).")
+        "bf16", description="Mixed precision on GPU; a CPU trains in fp32 (a warning says so) "
+        "unless STUDIO_CPU_PRECISION=bf16|fp16, a test aid that keeps a GPU's dtypes on it.")
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
 
     @field_validator("mixed_precision", mode="before")
