@@ -65,7 +65,7 @@ def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[s
     """(accelerator, dtype of the frozen weights, warnings for the user)."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     from studio.models import pick_device
 
@@ -83,9 +83,14 @@ def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[s
         mp = "no"
     log_with = [n for n, on in (("tensorboard", cfg.logging.tensorboard),
                                 ("wandb", cfg.logging.wandb)) if on]
+    # Several processes wrap each trained model in DDP, which by default fails at the second
+    # step when a parameter got no gradient: CLIP-L's last layer gets none (the UNet is
+    # conditioned on its penultimate hidden state), so a trained text encoder needs this.
+    ddp = ([DistributedDataParallelKwargs(find_unused_parameters=True)]
+           if cfg.lora.train_text_encoder else [])
     acc = Accelerator(
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        mixed_precision=mp, cpu=cpu, log_with=log_with or None,
+        mixed_precision=mp, cpu=cpu, log_with=log_with or None, kwargs_handlers=ddp,
         project_config=ProjectConfiguration(project_dir=str(run.path),
                                             logging_dir=str(run.path / RunFolder.LOGS)))
     if cpu and mp == "fp16":
