@@ -121,7 +121,8 @@ class TrainSection(_Section):
     num_train_epochs: int = Field(1, ge=1, description="Epochs, used when max_train_steps is empty.")
     learning_rate: float = Field(1e-4, gt=0, description="UNet LoRA learning rate (Prodigy: use 1.0).")
     text_encoder_lr: float | None = Field(None, gt=0, description="Text encoder LoRA learning rate; "
-                                          "empty means learning_rate.")
+                                          "empty means learning_rate (Prodigy always uses "
+                                          "learning_rate).")
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
                           "linear", "polynomial"] = Field("constant", description="LR schedule.")
     lr_warmup_steps: int = Field(0, ge=0, description="Warmup steps of the LR schedule.")
