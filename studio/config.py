@@ -121,7 +121,8 @@ class TrainSection(_Section):
     num_train_epochs: int = Field(1, ge=1, description="Epochs, used when max_train_steps is empty.")
     learning_rate: float = Field(1e-4, gt=0, description="UNet LoRA learning rate (Prodigy: use 1.0).")
     text_encoder_lr: float | None = Field(None, gt=0, description="Text encoder LoRA learning rate; "
-                                          "empty means learning_rate.")
+                                          "empty means learning_rate (Prodigy always uses "
+                                          "learning_rate).")
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
                           "linear", "polynomial"] = Field("constant", description="LR schedule.")
     lr_warmup_steps: int = Field(0, ge=0, description="Warmup steps of the LR schedule.")
@@ -148,7 +149,8 @@ class TrainSection(_Section):
     noise_offset: float = Field(0.0, ge=0, description="Noise offset (0.05-0.1 helps very dark/bright "
                                 "images).")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "bf16", description="Mixed precision on GPU; a CPU always trains in fp32 (a warning says so).")
+        "bf16", description="Mixed precision on GPU; a CPU trains in fp32 (a warning says so) "
+        "unless STUDIO_CPU_PRECISION=bf16|fp16, a test aid that keeps a GPU's dtypes on it.")
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
 
     @field_validator("mixed_precision", mode="before")

@@ -44,13 +44,16 @@ def make_tiny_lora(base_dir: Path, out_dir: Path, rank: int = 4, alpha: float = 
 
 _PARAM = ((".lora_A.weight", "lora_A"), (".lora_B.weight", "lora_B"),
           (".lora.down.weight", "lora_A"), (".lora.up.weight", "lora_B"),
-          (".lora_linear_layer.down.weight", "lora_A"), (".lora_linear_layer.up.weight", "lora_B"))
+          (".lora_linear_layer.down.weight", "lora_A"), (".lora_linear_layer.up.weight", "lora_B"),
+          (".lora_magnitude_vector", "lora_magnitude_vector"),  # DoRA, both spellings
+          (".lora_magnitude_vector.weight", "lora_magnitude_vector"))
 
 
 def assert_every_lora_tensor_loaded(pipe, lora_file: Path, adapter: str) -> int:
-    """Every LoRA matrix in ``lora_file`` must sit, unchanged, in the pipeline's peft layers
-    after ``load_lora_weights(..., adapter_name=adapter)``: diffusers skips keys it does not
-    understand with only a warning, so "the image changed" alone does not prove a whole load."""
+    """Every LoRA matrix (and DoRA magnitude) in ``lora_file`` must sit, unchanged, in the
+    pipeline's peft layers after ``load_lora_weights(..., adapter_name=adapter)``: diffusers
+    skips keys it does not understand with only a warning, so "the image changed" alone does
+    not prove a whole load."""
     from safetensors.torch import load_file
 
     sd = load_file(str(lora_file))

@@ -121,6 +121,32 @@ def test_text_encoder_lora_and_kohya_file_match_diffusers(tmp_path, tiny_models,
     np.testing.assert_allclose(_image(pipe), with_diffusers, atol=1e-4)
 
 
+def test_text_encoder_dora_magnitudes_survive_load_lora_weights(tmp_path, tiny_models, dataset):
+    """DoRA on the UNet and both text encoders: every magnitude vector in the file is the one in
+    the pipeline after diffusers' load_lora_weights (transformers' adapter loader skips a
+    text-encoder magnitude saved without its ``.weight``, leaving it at its initial value)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    run = tmp_path / "run"
+    cfg = load_config(overrides=fast_overrides(run, dataset, tiny_models["base"]) + [
+        "lora.use_dora=true", "lora.train_text_encoder=true", "train.learning_rate=1e-2"])
+    assert train(cfg).status == "finished"
+    lora = run / "pytorch_lora_weights.safetensors"
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["base"], torch_dtype=torch.float32)
+    initial = {}  # each text-encoder layer's weight norm: a magnitude's initial value
+    for key in (k for k in load_file(str(lora)) if "lora_magnitude_vector" in k):
+        component, _, rest = key.partition(".")
+        if component.startswith("text_encoder"):
+            layer = getattr(pipe, component).get_submodule(rest.split(".lora_magnitude")[0])
+            initial[key] = layer.weight.detach().norm(p=2, dim=1)
+    pipe.load_lora_weights(str(run), weight_name=lora.name, adapter_name="d")
+    assert_every_lora_tensor_loaded(pipe, lora, "d")
+    saved = load_file(str(lora))
+    trained = [k for k, norm in initial.items() if not torch.equal(saved[k], norm)]
+    assert len(initial) == 16 and len(trained) >= 12, (len(initial), len(trained))
+
+
 @pytest.mark.parametrize("name,extra", [
     ("prior", ["data.with_prior_preservation=true", "data.num_class_images=2",
                "data.class_prompt=a photo of person", "data.prior_loss_weight=0.8"]),

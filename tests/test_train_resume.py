@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from _train_support import ROOT, env, make_dataset, steps_of, studio_train, wait_for
+from safetensors.torch import load_file
 
 from studio.runs.checkpoints import list_checkpoints
 from studio.runs.events import read_events
@@ -90,16 +91,23 @@ def test_kill9_mid_save_leaves_a_resumable_run(tmp_path, tiny_models, dataset):
 
 
 def test_two_processes_same_entry_point(tmp_path, tiny_models, dataset):
-    """Two CPU processes (gloo) through torchrun, the launcher `accelerate launch --multi_gpu` uses.
+    """Two CPU processes (gloo) through torchrun, the launcher `accelerate launch --multi_gpu` uses,
+    training the text encoders too: CLIP-L's last layer gets no gradient (the penultimate hidden
+    state conditions the UNet), which DDP only accepts with find_unused_parameters.
 
     `accelerate launch --cpu --num_processes 2` itself needs mpirun (Intel MPI / OpenMPI) for
     multi-CPU runs, which this machine does not have; torchrun gives the same environment
     (RANK/WORLD_SIZE/MASTER_ADDR) and the trainer's Accelerator picks it up.
     """
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from lora_utils import assert_every_lora_tensor_loaded
+
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(_free_port()), "-m", "studio", "train", "--no-progress",
-           *_args(run, dataset, tiny_models["base"], 2, 100)]
+           *_args(run, dataset, tiny_models["base"], 2, 100),
+           "--set", "lora.train_text_encoder=true"]
     r = subprocess.run(cmd, cwd=ROOT, env=env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true"),
                        capture_output=True, text=True, timeout=480)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -107,8 +115,14 @@ def test_two_processes_same_entry_point(tmp_path, tiny_models, dataset):
     assert len([e for e in ev if e["type"] == "start"]) == 1  # only the main process writes events
     assert steps_of(ev) == [1, 2]
     assert ev[-1]["status"] == "finished"
-    assert (run / "pytorch_lora_weights.safetensors").is_file()
     assert "num_processes=2" in " ".join(e.get("message", "") for e in ev)
+    lora = run / "pytorch_lora_weights.safetensors"
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["base"], torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(run), weight_name=lora.name, adapter_name="d")
+    loaded = assert_every_lora_tensor_loaded(pipe, lora, "d")
+    assert loaded == len(load_file(str(lora)))
+    assert {k.partition(".")[0] for k in load_file(str(lora))} == {
+        "unet", "text_encoder", "text_encoder_2"}
 
 
 def _free_port() -> int:

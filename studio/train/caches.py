@@ -1,10 +1,10 @@
 """The latent and text-embedding caches, and the batch inputs read from them.
 
 ``data.cache_latents`` encodes every training (and class) image with the VAE once and keeps the
-posterior's mean and std on the CPU (a latent is drawn from them each step, as the VAE would);
-the VAE can then leave the GPU. ``data.cache_text_embeddings`` (frozen text encoders only)
-encodes each prompt once and moves both encoders off the GPU. Without a cache the inputs are
-computed per batch.
+posterior's mean and std on the CPU (each step draws a latent from them on the device, from
+the RNG the VAE's own sample() would use); the VAE can then leave the GPU.
+``data.cache_text_embeddings`` (frozen text encoders only) encodes each prompt once and moves
+both encoders off the GPU. Without a cache the inputs are computed per batch.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class Caches:
         keys = batch["keys"]
         lat = []
         for k in keys:
-            mean, std, _, _ = self.latents[tuple(k)]
+            mean, std = (t.to(self.device) for t in self.latents[tuple(k)][:2])
             lat.append(mean + std * torch.randn_like(mean))
-        latents = torch.cat(lat).to(self.device)
+        latents = torch.cat(lat)
         osz = [self.latents[tuple(k)][2] for k in keys]
         ctl = [self.latents[tuple(k)][3] for k in keys]
         return latents, osz, ctl

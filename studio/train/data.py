@@ -227,7 +227,11 @@ def training_data(cfg: TrainConfig, class_images_dir: Path,
     dataset = TrainDataset(ds.examples, prompts, d.resolution, d.crop, d.random_flip, d.repeats,
                            cfg.train.seed, class_examples, cprompt)
     sampler = EpochSampler(len(dataset), cfg.train.seed)
+    # The loader's own generator: each new iterator (every epoch, and the one a resume makes to
+    # skip the batches already trained) draws its seed from it, not from the global RNG that the
+    # training steps draw their noise from, so a resumed run draws what an unbroken one does.
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                                          collate_fn=collate,
-                                         num_workers=cfg.train.dataloader_num_workers)
+                                         num_workers=cfg.train.dataloader_num_workers,
+                                         generator=torch.Generator().manual_seed(cfg.train.seed))
     return TrainingData(ds, inst, dataset, sampler, loader)

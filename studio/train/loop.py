@@ -332,7 +332,7 @@ class Trainer:
             return state.training_state(
                 step=self.global_step, epoch=epoch, loss_history=self.loss_history,
                 modules=modules, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                wall_time=self._wall_time(), cfg=self.cfg)
+                scaler=self.acc.scaler, wall_time=self._wall_time(), cfg=self.cfg)
 
         path = state.save_checkpoint(self.folder, self.cfg, self.global_step, modules, make_state,
                                      self.lora_bytes, self._warn)
@@ -341,7 +341,8 @@ class Trainer:
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
-        st = state.load_checkpoint(path, self._lora_modules(), self.optimizer, self.lr_scheduler)
+        st = state.load_checkpoint(path, self._lora_modules(), self.optimizer, self.lr_scheduler,
+                                   self.acc.scaler)
         self.global_step = int(st["step"])
         self.loss_history = list(st["loss_history"])
         self.wall_time_before = float(st.get("wall_time", 0.0))

@@ -59,7 +59,6 @@ def dreambooth_loss(pred, target, timesteps, models: SDXLModels, snr_gamma: floa
     the class half with prior preservation (the batch is [instance..., class...])."""
     import torch
     import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
 
     prior_loss = None
     if prior:
@@ -70,11 +69,24 @@ def dreambooth_loss(pred, target, timesteps, models: SDXLModels, snr_gamma: floa
     if snr_gamma is None:
         loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
     else:
-        snr = compute_snr(models.noise_scheduler, timesteps)
-        base_w = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
-        weights = base_w + 1 if models.prediction_type == "v_prediction" else base_w
+        weights = min_snr_weights(models.noise_scheduler, timesteps, snr_gamma,
+                                  models.prediction_type)
         loss = F.mse_loss(pred.float(), target.float(), reduction="none")
         loss = (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
     if prior_loss is not None:
         loss = loss + prior_loss_weight * prior_loss
     return loss
+
+
+def min_snr_weights(noise_scheduler, timesteps, gamma: float, prediction_type: str):
+    """Min-SNR-gamma loss weights (Hang et al. 2023), as diffusers' train_text_to_image_sdxl
+    and kohya's apply_snr_weight: ``min(snr, gamma) / snr`` for an epsilon target and
+    ``min(snr, gamma) / (snr + 1)`` for a v target. At SNR 0 (the last step of a
+    zero-terminal-SNR schedule) the epsilon weight is its limit 1, not 0/0."""
+    import torch
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
+    return torch.clamp(gamma / snr, max=1.0)  # = min(snr, gamma) / snr, and 1 at snr = 0

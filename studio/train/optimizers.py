@@ -59,6 +59,13 @@ def _prodigy(groups, t: TrainSection, warn):
                             "(pip install prodigyopt).") from None
     if t.learning_rate <= 0.1:
         warn(f"Prodigy works best with train.learning_rate around 1.0 (got {t.learning_rate}).")
+    # Prodigy's step is d * lr with one estimate d for all groups (prodigyopt 1.1 refuses
+    # different rates; older releases took a text-encoder rate of 5e-5 as 5e-5 of the UNet's
+    # step, which froze that LoRA): every group gets train.learning_rate, as diffusers does.
+    if any(g["lr"] != t.learning_rate for g in groups[1:]):
+        warn(f"Prodigy uses train.learning_rate ({t.learning_rate}) for the text encoders too; "
+             f"train.text_encoder_lr={t.text_encoder_lr} is ignored.")
+        groups = [{**g, "lr": t.learning_rate} for g in groups]
     return Prodigy(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                    beta3=t.prodigy_beta3, eps=t.adam_epsilon, decouple=t.prodigy_decouple,
                    use_bias_correction=t.prodigy_use_bias_correction,

@@ -1,38 +1,100 @@
 """Where the loop runs: the ``accelerate.Accelerator`` (device, mixed precision, gradient
-accumulation, several processes) and the optional experiment trackers (TensorBoard, W&B)."""
+accumulation, several processes) and the optional experiment trackers (TensorBoard, W&B).
+
+A CPU trains in fp32. ``STUDIO_CPU_PRECISION=bf16`` (or ``fp16``) is a test aid: on a CPU the
+trainer then keeps every dtype a GPU keeps with that mixed precision (bf16/fp16 frozen UNet and
+text encoders, an fp32 VAE when its config says force_upcast, fp32 LoRA parameters, autocast,
+and for fp16 a GradScaler), so CI runs the GPU's number formats, slowly.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from studio.config import TrainConfig
+from studio.config import ConfigError, TrainConfig
 from studio.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
+
+CPU_PRECISION_ENV = "STUDIO_CPU_PRECISION"
+CPU_PRECISIONS = ("bf16", "fp16", "no")
+
+
+def cpu_precision() -> str | None:
+    """The mixed precision ``STUDIO_CPU_PRECISION`` asks a CPU to emulate; None when unset."""
+    value = os.environ.get(CPU_PRECISION_ENV, "").strip()
+    if not value:
+        return None
+    if value not in CPU_PRECISIONS:
+        raise ConfigError(f"{CPU_PRECISION_ENV}={value!r} is not a precision; use bf16, fp16 or "
+                          "no (unset, a CPU trains in fp32).")
+    if value == "fp16":
+        _check_cpu_fp16()
+    return value
+
+
+def _check_cpu_fp16() -> None:
+    """The fp16 kernels an SDXL step needs exist on this CPU (older torch builds lack some)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.ones(1, 4, 4, 4, dtype=torch.float16)
+    try:
+        F.group_norm(F.conv2d(x, torch.ones(4, 4, 1, 1, dtype=torch.float16)), 2)
+        q = x.view(1, 1, 4, 16)
+        F.layer_norm(F.scaled_dot_product_attention(q, q, q), (16,))
+        F.linear(q, torch.ones(16, 16, dtype=torch.float16)).softmax(-1)
+    except RuntimeError as exc:
+        raise ConfigError(f"{CPU_PRECISION_ENV}=fp16: this CPU's torch lacks fp16 kernels "
+                          f"({str(exc).splitlines()[0][:120]}); use bf16.") from None
+
+
+def _emulate_fp16_amp(acc) -> None:
+    """What accelerate does for fp16 on a GPU, on the CPU: accelerate turns fp16 off for a CPU
+    (no autocast, no GradScaler), so switch on native autocast and a CPU GradScaler before
+    ``prepare`` (the prepared optimizer, ``backward`` and ``clip_grad_norm_`` then use it)."""
+    import torch
+
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu")
 
 
 def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[str]]:
     """(accelerator, dtype of the frozen weights, warnings for the user)."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     from studio.models import pick_device
 
     cpu = pick_device() == "cpu"
     mp = cfg.train.mixed_precision
+    emulated = cpu_precision()
     warnings: list[str] = []
-    if cpu and mp != "no":
+    if cpu and emulated is not None:
+        if emulated != mp:
+            warnings.append(f"{CPU_PRECISION_ENV}={emulated} replaces train.mixed_precision={mp} "
+                            "on this CPU.")
+        mp = emulated
+    elif cpu and mp != "no":
         warnings.append(f"train.mixed_precision={mp} is ignored on a CPU (training in fp32).")
         mp = "no"
     log_with = [n for n, on in (("tensorboard", cfg.logging.tensorboard),
                                 ("wandb", cfg.logging.wandb)) if on]
+    # Several processes wrap each trained model in DDP, which by default fails at the second
+    # step when a parameter got no gradient: CLIP-L's last layer gets none (the UNet is
+    # conditioned on its penultimate hidden state), so a trained text encoder needs this.
+    ddp = ([DistributedDataParallelKwargs(find_unused_parameters=True)]
+           if cfg.lora.train_text_encoder else [])
     acc = Accelerator(
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        mixed_precision=mp, cpu=cpu, log_with=log_with or None,
+        mixed_precision=mp, cpu=cpu, log_with=log_with or None, kwargs_handlers=ddp,
         project_config=ProjectConfiguration(project_dir=str(run.path),
                                             logging_dir=str(run.path / RunFolder.LOGS)))
+    if cpu and mp == "fp16":
+        _emulate_fp16_amp(acc)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
     if cfg.train.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

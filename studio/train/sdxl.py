@@ -149,13 +149,23 @@ def save_lora(folder: Path, modules: dict[str, Any]) -> Path:
     ``convert_state_dict_to_diffusers`` renames only the attention projections
     (``to_q.lora.down``...), so with any other target (conv1, proj_in, ff.net.2...) the file
     mixes both spellings, diffusers' loader takes it for a peft file, and the attention
-    layers are silently skipped at load time. One spelling for every key loads whole."""
+    layers are silently skipped at load time. One spelling for every key loads whole.
+
+    A text encoder's DoRA magnitudes are written ``lora_magnitude_vector.weight`` (the
+    parameter's own name; the UNet's keep peft's ``lora_magnitude_vector``): diffusers hands the
+    text encoders to transformers' adapter loader, which adds the adapter name after
+    ``lora_magnitude_vector`` and, without the ``.weight``, finds no parameter and leaves the
+    magnitude at its initial value. peft's own loader reads both spellings."""
     from diffusers import StableDiffusionXLPipeline
 
     states = lora_state_dicts(modules)
     kwargs: dict[str, Any] = {}
     for name, mod in modules.items():
-        kwargs[f"{name}_lora_layers"] = {k: v.detach().float().cpu() for k, v in states[name].items()}
+        tensors = {k: v.detach().float().cpu() for k, v in states[name].items()}
+        if name != "unet":
+            tensors = {k + ".weight" if k.endswith(".lora_magnitude_vector") else k: v
+                       for k, v in tensors.items()}
+        kwargs[f"{name}_lora_layers"] = tensors
         kwargs[f"{name}_lora_adapter_metadata"] = mod.peft_config["default"].to_dict()
     StableDiffusionXLPipeline.save_lora_weights(str(folder), weight_name=DIFFUSERS_FILE, **kwargs)
     return folder / DIFFUSERS_FILE

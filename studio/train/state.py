@@ -2,8 +2,9 @@
 
 A checkpoint (written atomically by :mod:`studio.runs.checkpoints`) holds the LoRA in every
 export format (:mod:`studio.lora.formats`: the diffusers file, the Kohya file with its SDXL
-metadata) and ``training_state.pt``: the LoRA in peft format, optimizer, LR scheduler, RNG
-states (python, numpy, torch, cuda), step, epoch, loss history, wall time and the config.
+metadata) and ``training_state.pt``: the LoRA in peft format, optimizer, LR scheduler, the fp16
+gradient scaler (its loss scale and growth tracker), RNG states (python, numpy, torch, cuda),
+step, epoch, loss history, wall time and the config.
 Resuming restores all of it, so a resumed run draws the same random numbers as an unbroken one.
 """
 
@@ -60,13 +61,16 @@ def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
 
 
 def training_state(*, step: int, epoch: int, loss_history: list[float], modules: dict[str, Any],
-                   optimizer, lr_scheduler, wall_time: float, cfg: TrainConfig) -> dict[str, Any]:
-    """What ``training_state.pt`` holds (the RNG states as they are now)."""
+                   optimizer, lr_scheduler, scaler, wall_time: float,
+                   cfg: TrainConfig) -> dict[str, Any]:
+    """What ``training_state.pt`` holds (the RNG states as they are now); ``scaler``: the
+    accelerator's GradScaler (fp16), else None."""
     return {
         "step": step, "epoch": epoch, "loss_history": list(loss_history),
         "lora": {k: {n: t.detach().cpu() for n, t in v.items()}
                  for k, v in lora_state_dicts(modules).items()},
         "optimizer": optimizer.state_dict(), "scheduler": lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(), "wall_time": wall_time,
         "config": cfg.model_dump(mode="json"),
     }
@@ -88,9 +92,11 @@ def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[s
     return ckpt.save_checkpoint(run.path, step, write, cfg.checkpoints.total_limit, need)
 
 
-def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler) -> dict[str, Any]:
-    """Restore the LoRA of ``modules``, the optimizer, the LR scheduler and the RNG states from
-    the checkpoint folder ``path``; returns its training state (step, loss history, ...)."""
+def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler,
+                    scaler=None) -> dict[str, Any]:
+    """Restore the LoRA of ``modules``, the optimizer, the LR scheduler, the GradScaler (fp16)
+    and the RNG states from the checkpoint folder ``path``; returns its training state (step,
+    loss history, ...)."""
     import torch
     from peft.utils import set_peft_model_state_dict
 
@@ -102,5 +108,7 @@ def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler
         set_peft_model_state_dict(mod, state["lora"][name])
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):  # a checkpoint of an fp16 run
+        scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state
