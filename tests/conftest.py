@@ -26,6 +26,17 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state, fixed by the first Accelerator's mixed precision;
+    in-process trainings of different tests may use different precisions (the product trains
+    one run per process)."""
+    yield
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture()
 def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "home"

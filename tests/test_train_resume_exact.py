@@ -22,17 +22,6 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("ds") / "me", n=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state, fixed by the first Accelerator's mixed
-    precision; these tests switch precision within one process."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 class _StopAfter(TrainCallbacks):
     """Asks the trainer to stop once ``step`` is done (it then saves a checkpoint there)."""
 
