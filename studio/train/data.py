@@ -24,6 +24,7 @@ from studio.dataset.sources import (
     default_instance_prompt,
     load_dataset,
 )
+from studio.train.sdxl import pipeline_image
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,10 @@ def ensure_class_images(folder: Path, wanted: int, prompt: str, make_pipeline, r
     for k in range(missing):
         n = len(have) + k
         g = torch.Generator(device="cpu").manual_seed(seed + n)
-        with torch.no_grad():
-            img = pipe(prompt=prompt, num_inference_steps=steps, height=resolution, width=resolution,
-                       generator=g).images[0]
+        # The frozen models in their training dtypes, no autocast (as diffusers' script); the
+        # VAE decodes in its own dtype (fp32 beside a bf16/fp16 UNet when force_upcast).
+        img = pipeline_image(pipe, prompt=prompt, num_inference_steps=steps, height=resolution,
+                             width=resolution, generator=g)
         name = f"class-{n:05d}.png"
         atomic_write(folder / name, lambda p, im=img: im.save(p, format="PNG"))
     del pipe

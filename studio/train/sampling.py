@@ -10,6 +10,7 @@ from typing import Any
 
 from studio.config import TrainConfig
 from studio.runs.folder import RunFolder
+from studio.train.sdxl import pipeline_image
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,10 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
         for i in range(v.num_images):
             seed = v.seed + i
             g = torch.Generator(device="cpu").manual_seed(seed)
-            with torch.no_grad(), autocast():
-                img = pipe(prompt=prompt, negative_prompt=v.negative_prompt or None,
-                           num_inference_steps=v.steps, guidance_scale=v.guidance,
-                           height=cfg.data.resolution, width=cfg.data.resolution,
-                           generator=g).images[0]
+            img = pipeline_image(pipe, autocast, prompt=prompt,
+                                 negative_prompt=v.negative_prompt or None,
+                                 num_inference_steps=v.steps, guidance_scale=v.guidance,
+                                 height=cfg.data.resolution, width=cfg.data.resolution, generator=g)
             info = PngInfo()
             for key, val in (("prompt", prompt), ("seed", str(seed)), ("step", str(step)),
                              ("negative_prompt", v.negative_prompt), ("steps", str(v.steps)),
