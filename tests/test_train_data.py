@@ -72,6 +72,16 @@ def test_transform_records_original_size_and_crop():
     assert len(tops) > 1 and all(0 <= x <= 64 and y == 0 for y, x in tops)
 
 
+def test_transform_resizes_with_lanczos_as_diffusers_does():
+    import numpy as np
+    from skimage import data
+
+    img = Image.fromarray(data.astronaut()).resize((150, 100))
+    px, _, _ = transform(img, 64, "center", False, random.Random(0))
+    want = np.asarray(img.resize((96, 64), Image.Resampling.LANCZOS).crop((16, 0, 80, 64)), np.float32)
+    np.testing.assert_allclose(px.permute(1, 2, 0).numpy(), want / 127.5 - 1.0, atol=1e-6)
+
+
 def test_sampler_order_depends_only_on_seed_and_epoch(tmp_path):
     s = EpochSampler(6, seed=3)
     s.set_epoch(2)

@@ -70,7 +70,7 @@ def transform(img, resolution: int, crop: str, flip: bool, rng: random.Random):
     original_size = (img.height, img.width)
     scale = resolution / min(img.width, img.height)
     w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
-    img = img.resize((w, h), Image.BILINEAR)
+    img = img.resize((w, h), Image.Resampling.LANCZOS)
     if flip and rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     if crop == "center":
