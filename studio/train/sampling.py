@@ -59,15 +59,17 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
     return results
 
 
-def sample(unet, make_pipeline: Callable[[], Any], run: RunFolder, step: int, prompts: list[str],
-           cfg: TrainConfig, autocast: Callable[[], Any],
+def sample(models: list[Any], make_pipeline: Callable[[], Any], run: RunFolder, step: int,
+           prompts: list[str], cfg: TrainConfig, autocast: Callable[[], Any],
            on_sample: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Validation images at ``step`` with the pipeline ``make_pipeline()`` builds over the
-    training ``unet`` (put in eval mode meanwhile); see :func:`write_samples`."""
-    was_training = unet.training
-    unet.eval()
-    pipe = make_pipeline()
-    results = write_samples(pipe, run, step, prompts, cfg, autocast, on_sample)
-    if was_training:
-        unet.train()
-    return results
+    training ``models`` (the UNet and both text encoders, unwrapped), which are in eval mode
+    meanwhile (no LoRA dropout) and get their modes back after; see :func:`write_samples`."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        return write_samples(make_pipeline(), run, step, prompts, cfg, autocast, on_sample)
+    finally:
+        for m, training in zip(models, modes, strict=True):
+            m.train(training)
