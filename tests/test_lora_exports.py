@@ -95,9 +95,8 @@ def test_files_that_cannot_be_converted_say_so_in_one_sentence(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models) -> Path:
     """4 steps, checkpoints and validation samples at steps 2 and 4, alpha (8) != rank (4)."""
-    from studio.train.trainer import train
-
     from studio.config import load_config
+    from studio.train.loop import train
 
     ds = make_dataset(tmp_path_factory.mktemp("ds") / "me", n=2)
     run = tmp_path_factory.mktemp("runs") / "me-lora"
