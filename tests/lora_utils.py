@@ -102,3 +102,23 @@ def make_mixed_spelling_lora(base_dir: Path, out_dir: Path, seed: int = 3) -> di
                                                     unet_lora_adapter_metadata=meta)
         out[kind] = out_dir / kind / "pytorch_lora_weights.safetensors"
     return out
+
+
+def make_tiny_text_encoder_2_lora(base_dir: Path, out_dir: Path, seed: int = 5) -> Path:
+    """A LoRA with random non-zero weights on the tiny base's second text encoder only, written
+    by the trainer's own writer; returns the file."""
+    from peft import LoraConfig
+    from transformers import CLIPTextModelWithProjection
+
+    from studio.train.sdxl import save_lora
+
+    te2 = CLIPTextModelWithProjection.from_pretrained(base_dir / "text_encoder_2")
+    te2.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                               target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in te2.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_lora(out_dir, {"text_encoder_2": te2})

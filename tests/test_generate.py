@@ -169,3 +169,68 @@ def test_generators_sharing_a_pipeline_do_not_leak_loras(gen, tiny_models, lora_
     assert other.base_pipe() is gen.base_pipe()  # the cached pipeline is shared
     assert not np.array_equal(pixels(other, lora=str(lora_files["diffusers"])), plain)
     assert np.array_equal(pixels(gen), plain)
+
+
+def _own_pipelines(tiny_models):
+    """A base and a refiner sharing text_encoder_2 and the VAE (as load_refiner does), built
+    for one test: not the cached pipelines other tests share."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_models["base"])
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_models["refiner"], text_encoder_2=base.text_encoder_2, vae=base.vae)
+    for p in (base, refiner):
+        p.set_progress_bar_config(disable=True)
+    return base, refiner
+
+
+def test_each_pipeline_scheduler_comes_from_its_own_config(tiny_models):
+    """A request's scheduler is built from the model's scheduler config as loaded, not from the
+    scheduler a previous request left in the (shared) pipeline: UniPC rewrites solver_type, so
+    DPM++ after UniPC used to lose a model's solver_type=heun in the refiner."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    base, refiner = _own_pipelines(tiny_models)
+    for p in (base, refiner):
+        p.scheduler = DPMSolverMultistepScheduler.from_config(p.scheduler.config, solver_type="heun")
+    g = Generator(base=str(tiny_models["base"]), refiner=str(tiny_models["refiner"]),
+                  device="cpu", base_pipe=base, refiner_pipe=refiner)
+    refined = dict(refiner=True, refiner_switch=0.5, steps=4)
+    first = pixels(g, scheduler="DPM++ 2M", **refined)
+    pixels(g, scheduler="UniPC", **refined)
+    again = pixels(g, scheduler="DPM++ 2M", **refined)
+    assert base.scheduler.config.solver_type == refiner.scheduler.config.solver_type == "heun"
+    assert np.array_equal(again, first)
+    other = Generator(base=str(tiny_models["base"]), device="cpu", base_pipe=base)
+    pixels(other, scheduler="UniPC")  # a second Generator over the same pipelines
+    assert np.array_equal(pixels(g, scheduler="DPM++ 2M", **refined), first)
+
+
+def test_text_encoder_2_lora_conditions_the_base_pass_not_the_refiner(tiny_models, tmp_path):
+    """The refiner shares text_encoder_2 with the base; a LoRA on that encoder conditions the
+    base pass only, the refiner sees the plain encoder's embeddings, and the LoRA is on again
+    for the next base pass."""
+    import torch
+    from lora_utils import make_tiny_text_encoder_2_lora
+
+    lora = make_tiny_text_encoder_2_lora(tiny_models["base"], tmp_path / "te2")
+    base, refiner = _own_pipelines(tiny_models)
+    g = Generator(base=str(tiny_models["base"]), refiner=str(tiny_models["refiner"]),
+                  device="cpu", base_pipe=base, refiner_pipe=refiner)
+    seen: dict[str, list] = {"base": [], "refiner": []}
+    for name, p in (("base", base), ("refiner", refiner)):
+        p.unet.register_forward_pre_hook(
+            lambda _m, _a, kw, n=name: seen[n].append(kw["encoder_hidden_states"].clone()),
+            with_kwargs=True)
+
+    def embeddings(**kw) -> dict[str, torch.Tensor]:
+        for v in seen.values():
+            v.clear()
+        pixels(g, refiner=True, refiner_switch=0.5, steps=4, **kw)
+        return {k: torch.cat(v) for k, v in seen.items()}
+
+    plain = embeddings()
+    with_lora = embeddings(lora=str(lora))
+    assert not torch.equal(with_lora["base"], plain["base"])
+    assert torch.equal(with_lora["refiner"], plain["refiner"])
+    assert torch.equal(embeddings(lora=str(lora))["base"], with_lora["base"])

@@ -203,3 +203,26 @@ def test_out_of_memory_names_the_settings(tmp_path, tiny_models, dataset, monkey
         assert setting in msg
     assert read_events(tmp_path / "run")[-2] == {**read_events(tmp_path / "run")[-2],
                                                  "type": "error", "message": msg}
+
+
+def test_validation_samples_with_lora_dropout_off_in_every_model(tmp_path, tiny_models, dataset,
+                                                                 monkeypatch):
+    """LoRA dropout on the UNet and both text encoders is off (eval) while validation images
+    are made, and training mode comes back after."""
+    from studio.train import loop, sampling
+
+    modes: list[tuple[bool, ...]] = []
+    write_samples = sampling.write_samples
+
+    def record(pipe, *a, **k):
+        modes.append((pipe.unet.training, pipe.text_encoder.training,
+                      pipe.text_encoder_2.training))
+        return write_samples(pipe, *a, **k)
+
+    monkeypatch.setattr(sampling, "write_samples", record)
+    cfg = load_config(overrides=fast_overrides(tmp_path / "run", dataset, tiny_models["base"]) + [
+        "lora.train_text_encoder=true", "lora.dropout=0.5", "validation.every_n_steps=1"])
+    trainer = loop.Trainer(cfg)
+    assert trainer.run().status == "finished"
+    assert modes == [(False, False, False)]  # at step 1 (the last step samples no more)
+    assert all(m.training for m in trainer._lora_modules().values())

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # pipeline -> OrderedDict[(file, mtime) -> adapter name], least recently used first.
 _PIPE_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# pipeline -> its scheduler config as loaded, before any request replaced its scheduler.
+_PIPE_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ADAPTER_IDS = itertools.count()
 
 
@@ -67,20 +69,25 @@ class Generator:
         self.vae = vae
         self.device = device or pick_device()
         self.dtype = dtype or pick_dtype(self.device)
-        self._sched_config: dict[str, Any] | None = None
 
     # ---- models ----------------------------------------------------------------------------
     def base_pipe(self):
         pipe = self._base_pipe or load_sdxl_pipeline(self.base_source, self.vae, self.device,
                                                      self.dtype)
-        if self._sched_config is None:
-            self._sched_config = dict(pipe.scheduler.config)
+        _PIPE_SCHEDULERS.setdefault(pipe, dict(pipe.scheduler.config))
         return pipe
 
     def refiner_pipe(self):
-        if self._refiner_pipe is not None:
-            return self._refiner_pipe
-        return load_refiner(self.refiner_source, self.base_pipe(), self.device, self.dtype)
+        pipe = self._refiner_pipe or load_refiner(self.refiner_source, self.base_pipe(),
+                                                  self.device, self.dtype)
+        _PIPE_SCHEDULERS.setdefault(pipe, dict(pipe.scheduler.config))
+        return pipe
+
+    @staticmethod
+    def _use_scheduler(pipe, name: str) -> None:
+        """A fresh scheduler ``name`` from the pipeline's own scheduler config as loaded (the
+        cached pipelines are shared: never from the one a previous request put there)."""
+        pipe.scheduler = make_scheduler(name, _PIPE_SCHEDULERS[pipe])
 
     # ---- LoRA ------------------------------------------------------------------------------
     def _apply_lora(self, pipe, lora: str | None, scale: float) -> LoraRef | None:
@@ -122,6 +129,27 @@ class Generator:
         return list(_PIPE_ADAPTERS.get(self.base_pipe(), {}).values())
 
     # ---- generation ------------------------------------------------------------------------
+    @staticmethod
+    def _refine(refiner, lora_on: bool, common: dict[str, Any], latents, gen, switch: float):
+        """The refiner pass. It shares text_encoder_2 with the base, so a text-encoder LoRA
+        there would condition it too; the refiner gets the plain encoder it was trained with
+        (as in ComfyUI and A1111, where a LoRA patches the base's CLIP only) and the LoRA is
+        switched back on for the next base pass."""
+        from diffusers.loaders.lora_base import (
+            disable_lora_for_text_encoder,
+            enable_lora_for_text_encoder,
+        )
+
+        lora_on = lora_on and refiner.text_encoder_2 is not None
+        if lora_on:
+            disable_lora_for_text_encoder(refiner.text_encoder_2)
+        try:
+            return refiner(**common, image=latents, generator=gen,
+                           denoising_start=switch).images[0]
+        finally:
+            if lora_on:
+                enable_lora_for_text_encoder(refiner.text_encoder_2)
+
     def generate(self, req: GenerationRequest, progress: ProgressFn | None = None
                  ) -> list[GeneratedImage]:
         import torch
@@ -134,9 +162,9 @@ class Generator:
             pipe = self.base_pipe()
             refiner = self.refiner_pipe() if req.refiner else None
             lora_ref = self._apply_lora(pipe, req.lora, req.lora_scale)
-            pipe.scheduler = make_scheduler(req.scheduler, self._sched_config)
+            self._use_scheduler(pipe, req.scheduler)
             if refiner is not None:
-                refiner.scheduler = make_scheduler(req.scheduler, dict(refiner.scheduler.config))
+                self._use_scheduler(refiner, req.scheduler)
             n = int(req.num_images)
             for i in range(n):
                 seed = (base_seed + i) % (MAX_SEED + 1)
@@ -159,8 +187,8 @@ class Generator:
                         latents = pipe(**common, width=int(req.width), height=int(req.height),
                                        generator=gen, denoising_end=float(req.refiner_switch),
                                        output_type="latent", callback_on_step_end=on_step).images
-                        image = refiner(**common, image=latents, generator=gen,
-                                        denoising_start=float(req.refiner_switch)).images[0]
+                        image = self._refine(refiner, lora_ref is not None, common, latents,
+                                             gen, float(req.refiner_switch))
                 except torch.cuda.OutOfMemoryError as exc:
                     raise GenerationError(
                         "The GPU ran out of memory; lower the resolution or the number of images, "

@@ -57,24 +57,19 @@ class Caches:
         return warnings
 
     def _cache_latents(self, dataset: TrainDataset) -> None:
+        """Every instance image (its epoch-0 crop and flip) and every class image."""
         for i in range(len(dataset.examples)):
-            it = dataset.item(i, 0)
-            keys = [("instance", it["index"], it["pixel_values"], it["original_size"],
-                     it["crop_top_left"])]
-            if "class_pixel_values" in it:
-                keys.append(("class", it["class_index"], it["class_pixel_values"],
-                             it["class_original_size"], it["class_crop_top_left"]))
-            for kind, idx, px, osz, ctl in keys:
-                if (kind, idx) not in self.latents:
-                    dist = self.encode_latents(px[None])
-                    self.latents[(kind, idx)] = (dist.mean.cpu(), dist.std.cpu(), osz, ctl)
+            it = dataset.instance_item(i, 0)
+            self._cache_latent(("instance", it["index"]), it["pixel_values"],
+                               it["original_size"], it["crop_top_left"])
         for j in range(len(dataset.class_examples)):
-            if ("class", j) not in self.latents:
-                it = dataset.item(j, 0)
-                dist = self.encode_latents(it["class_pixel_values"][None])
-                self.latents[("class", it["class_index"])] = (
-                    dist.mean.cpu(), dist.std.cpu(), it["class_original_size"],
-                    it["class_crop_top_left"])
+            it = dataset.class_item(j)
+            self._cache_latent(("class", j), it["class_pixel_values"],
+                               it["class_original_size"], it["class_crop_top_left"])
+
+    def _cache_latent(self, key: tuple[str, int], pixel_values, original_size, crop_top_left):
+        dist = self.encode_latents(pixel_values[None])
+        self.latents[key] = (dist.mean.cpu(), dist.std.cpu(), original_size, crop_top_left)
 
     def _cache_embeddings(self, prompts: list[str]) -> None:
         import torch

@@ -24,6 +24,7 @@ from studio.dataset.sources import (
     default_instance_prompt,
     load_dataset,
 )
+from studio.train.sdxl import pipeline_image
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def transform(img, resolution: int, crop: str, flip: bool, rng: random.Random):
     original_size = (img.height, img.width)
     scale = resolution / min(img.width, img.height)
     w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
-    img = img.resize((w, h), Image.BILINEAR)
+    img = img.resize((w, h), Image.Resampling.LANCZOS)
     if flip and rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     if crop == "center":
@@ -87,7 +88,10 @@ class TrainDataset:
     """Map-style dataset over (epoch, index) keys so augmentation is reproducible on resume.
 
     Each item: pixel_values, original_size, crop_top_left, prompt, index (instance image index);
-    with prior preservation also the class_* counterparts (class image ``index % n_class``).
+    with prior preservation also the class_* counterparts. An epoch then has
+    ``max(class images, instances * repeats)`` items, as in diffusers, so every class image is
+    drawn once per epoch; the class images follow an order drawn from (seed, epoch), so which
+    photo each one is paired with changes from epoch to epoch (and repeats on resume).
     """
 
     def __init__(self, examples: list[Example], prompts: list[str], resolution: int, crop: str,
@@ -98,23 +102,40 @@ class TrainDataset:
         self.repeats = repeats
         self.class_examples = class_examples or []
         self.class_prompt = class_prompt_text
+        self._class_order: tuple[int, list[int]] | None = None  # (epoch, order), the last one
 
     def __len__(self) -> int:
-        return len(self.examples) * self.repeats
+        return max(len(self.examples) * self.repeats, len(self.class_examples))
 
-    def item(self, i: int, epoch: int = 0) -> dict[str, Any]:
+    def class_index(self, i: int, epoch: int) -> int:
+        """The class image paired with item ``i`` in ``epoch``."""
+        if self._class_order is None or self._class_order[0] != epoch:
+            order = list(range(len(self.class_examples)))
+            random.Random(f"class-order:{self.seed}:{epoch}").shuffle(order)
+            self._class_order = (epoch, order)
+        order = self._class_order[1]
+        return order[i % len(order)]
+
+    def class_item(self, cidx: int) -> dict[str, Any]:
+        """The class half of an item: class image ``cidx``, center-cropped, never flipped."""
+        cpx, cosz, cctl = transform(self.class_examples[cidx].load(), self.resolution, "center",
+                                    False, random.Random(0))
+        return {"class_pixel_values": cpx, "class_original_size": cosz,
+                "class_crop_top_left": cctl, "class_prompt": self.class_prompt,
+                "class_index": cidx}
+
+    def instance_item(self, i: int, epoch: int = 0) -> dict[str, Any]:
+        """The instance half of item ``i``: its photo with the (seed, epoch, i) crop and flip."""
         idx = i % len(self.examples)
         rng = random.Random(hash((self.seed, epoch, i)) & 0xFFFFFFFF)
         px, osz, ctl = transform(self.examples[idx].load(), self.resolution, self.crop, self.flip, rng)
-        out = {"pixel_values": px, "original_size": osz, "crop_top_left": ctl,
-               "prompt": self.prompts[idx], "index": idx}
+        return {"pixel_values": px, "original_size": osz, "crop_top_left": ctl,
+                "prompt": self.prompts[idx], "index": idx}
+
+    def item(self, i: int, epoch: int = 0) -> dict[str, Any]:
+        out = self.instance_item(i, epoch)
         if self.class_examples:
-            cidx = i % len(self.class_examples)
-            cpx, cosz, cctl = transform(self.class_examples[cidx].load(), self.resolution, "center",
-                                        False, rng)
-            out.update({"class_pixel_values": cpx, "class_original_size": cosz,
-                        "class_crop_top_left": cctl, "class_prompt": self.class_prompt,
-                        "class_index": cidx})
+            out.update(self.class_item(self.class_index(i, epoch)))
         return out
 
     def __getitem__(self, key) -> dict[str, Any]:
@@ -186,9 +207,10 @@ def ensure_class_images(folder: Path, wanted: int, prompt: str, make_pipeline, r
     for k in range(missing):
         n = len(have) + k
         g = torch.Generator(device="cpu").manual_seed(seed + n)
-        with torch.no_grad():
-            img = pipe(prompt=prompt, num_inference_steps=steps, height=resolution, width=resolution,
-                       generator=g).images[0]
+        # The frozen models in their training dtypes, no autocast (as diffusers' script); the
+        # VAE decodes in its own dtype (fp32 beside a bf16/fp16 UNet when force_upcast).
+        img = pipeline_image(pipe, prompt=prompt, num_inference_steps=steps, height=resolution,
+                             width=resolution, generator=g)
         name = f"class-{n:05d}.png"
         atomic_write(folder / name, lambda p, im=img: im.save(p, format="PNG"))
     del pipe

@@ -350,7 +350,9 @@ class Trainer:
     def _sample(self, step: int) -> list[dict[str, Any]]:
         if not self.main:
             return []
-        results = sample(self.acc.unwrap_model(self.m.unet), self._pipeline, self.folder, step,
+        unwrap = self.acc.unwrap_model
+        models = [unwrap(self.m.unet), *(unwrap(te) for te in self.m.text_encoders)]
+        results = sample(models, self._pipeline, self.folder, step,
                          validation_prompts(self.cfg, self.instance_prompt), self.cfg,
                          self.acc.autocast, self.cb.on_sample)
         self.caches.offload()

@@ -11,7 +11,7 @@ import logging
 from studio.config import TrainConfig
 from studio.train.caches import Caches
 from studio.train.errors import TrainingError
-from studio.train.sdxl import SDXLModels, compute_time_ids
+from studio.train.sdxl import SDXLModels, compute_time_ids, scale_latents
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def training_loss(batch, models: SDXLModels, caches: Caches, cfg: TrainConfig, d
 
     t = cfg.train
     latents, osz, ctl = caches.batch_latents(batch)
-    latents = (latents * models.vae.config.scaling_factor).to(weight_dtype)
+    latents = scale_latents(models.vae, latents).to(weight_dtype)
     noise = torch.randn_like(latents)
     if t.noise_offset:
         noise = noise + t.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),

@@ -61,6 +61,16 @@ def _emulate_fp16_amp(acc) -> None:
     acc.scaler = torch.amp.GradScaler("cpu")
 
 
+def _allow_precision(mp: str) -> None:
+    """accelerate keeps one mixed precision per process and refuses another; a second run in
+    the same process (tests, a notebook) with another precision gets a fresh AcceleratorState
+    (the process state, devices and process group, stays)."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mp:
+        AcceleratorState._reset_state()
+
+
 def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[str]]:
     """(accelerator, dtype of the frozen weights, warnings for the user)."""
     import torch
@@ -81,6 +91,7 @@ def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[s
     elif cpu and mp != "no":
         warnings.append(f"train.mixed_precision={mp} is ignored on a CPU (training in fp32).")
         mp = "no"
+    _allow_precision(mp)
     log_with = [n for n, on in (("tensorboard", cfg.logging.tensorboard),
                                 ("wandb", cfg.logging.wandb)) if on]
     # Several processes wrap each trained model in DDP, which by default fails at the second

@@ -10,6 +10,7 @@ from typing import Any
 
 from studio.config import TrainConfig
 from studio.runs.folder import RunFolder
+from studio.train.sdxl import pipeline_image
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,10 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
         for i in range(v.num_images):
             seed = v.seed + i
             g = torch.Generator(device="cpu").manual_seed(seed)
-            with torch.no_grad(), autocast():
-                img = pipe(prompt=prompt, negative_prompt=v.negative_prompt or None,
-                           num_inference_steps=v.steps, guidance_scale=v.guidance,
-                           height=cfg.data.resolution, width=cfg.data.resolution,
-                           generator=g).images[0]
+            img = pipeline_image(pipe, autocast, prompt=prompt,
+                                 negative_prompt=v.negative_prompt or None,
+                                 num_inference_steps=v.steps, guidance_scale=v.guidance,
+                                 height=cfg.data.resolution, width=cfg.data.resolution, generator=g)
             info = PngInfo()
             for key, val in (("prompt", prompt), ("seed", str(seed)), ("step", str(step)),
                              ("negative_prompt", v.negative_prompt), ("steps", str(v.steps)),
@@ -59,15 +59,17 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
     return results
 
 
-def sample(unet, make_pipeline: Callable[[], Any], run: RunFolder, step: int, prompts: list[str],
-           cfg: TrainConfig, autocast: Callable[[], Any],
+def sample(models: list[Any], make_pipeline: Callable[[], Any], run: RunFolder, step: int,
+           prompts: list[str], cfg: TrainConfig, autocast: Callable[[], Any],
            on_sample: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Validation images at ``step`` with the pipeline ``make_pipeline()`` builds over the
-    training ``unet`` (put in eval mode meanwhile); see :func:`write_samples`."""
-    was_training = unet.training
-    unet.eval()
-    pipe = make_pipeline()
-    results = write_samples(pipe, run, step, prompts, cfg, autocast, on_sample)
-    if was_training:
-        unet.train()
-    return results
+    training ``models`` (the UNet and both text encoders, unwrapped), which are in eval mode
+    meanwhile (no LoRA dropout) and get their modes back after; see :func:`write_samples`."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        return write_samples(make_pipeline(), run, step, prompts, cfg, autocast, on_sample)
+    finally:
+        for m, training in zip(models, modes, strict=True):
+            m.train(training)

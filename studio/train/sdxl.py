@@ -133,6 +133,35 @@ def encode_prompt(text_encoders, tokenizers, prompts: list[str]):
     return prompt_embeds, pooled.view(pooled.shape[0], -1)
 
 
+# ---- latents ------------------------------------------------------------------------------------
+def _latent_stats(vae, like):
+    """The VAE config's ``latents_mean``/``latents_std`` as [1, C, 1, 1] tensors like ``like``;
+    (None, None) when the config has none (the SDXL VAEs)."""
+    import torch
+
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if mean is None or std is None:
+        return None, None
+    return tuple(torch.tensor(v, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+                 for v in (mean, std))
+
+
+def scale_latents(vae, latents):
+    """VAE latents into the UNet's space, as diffusers' SDXL scripts do:
+    ``(latents - mean) * scaling_factor / std`` with latents_mean/std, else
+    ``latents * scaling_factor``."""
+    mean, std = _latent_stats(vae, latents)
+    sf = vae.config.scaling_factor
+    return latents * sf if mean is None else (latents - mean) * sf / std
+
+
+def unscale_latents(vae, latents):
+    """The inverse of :func:`scale_latents`, before decoding."""
+    mean, std = _latent_stats(vae, latents)
+    sf = vae.config.scaling_factor
+    return latents / sf if mean is None else latents * std / sf + mean
+
+
 # ---- the LoRA file -----------------------------------------------------------------------------
 def lora_state_dicts(modules: dict[str, Any]) -> dict[str, dict]:
     """{model name: its peft LoRA state dict} for the (unwrapped) trained models."""
@@ -190,6 +219,26 @@ def sampling_scheduler(base: str, noise_scheduler):
         return cls.from_config(cfg)
     except Exception:
         return EulerDiscreteScheduler.from_config(noise_scheduler.config)
+
+
+def pipeline_image(pipe, autocast=None, **kwargs):
+    """One image of ``pipe(**kwargs)``: denoised (under ``autocast()`` when given), then decoded
+    outside autocast by the VAE in its own dtype. A force_upcast VAE stays fp32 beside a
+    bf16/fp16 UNet; the pipeline's own decode hands it latents in the UNet's dtype (a crash
+    without autocast) and under fp16 autocast runs it in fp16, where it overflows."""
+    from contextlib import nullcontext
+
+    import torch
+
+    with torch.no_grad():
+        with (autocast or nullcontext)():
+            latents = pipe(**kwargs, output_type="latent").images
+        vae = pipe.vae
+        latents = unscale_latents(vae, latents.to(vae.device, vae.dtype))
+        image = vae.decode(latents, return_dict=False)[0]
+        if getattr(pipe, "watermark", None) is not None:
+            image = pipe.watermark.apply_watermark(image)
+    return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
 def build_pipeline(unet, text_encoders: list[Any], vae, tokenizers: list[Any], make_scheduler,
