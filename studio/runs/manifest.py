@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 from studio.fsutil import atomic_write_json
 from studio.lora.formats import export_files
+from studio.runs.checkpoints import sha256_file
 from studio.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_files(files: dict[str, Path]) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,14 @@ class ProgressBar(TrainCallbacks):
             self.bar.close()
 
 
+class StderrWarnings(TrainCallbacks):
+    """Without the bar (--no-progress): warnings still reach stderr, one line each."""
+
+    def on_log(self, level, message):
+        if level != "info":
+            print(f"{level}: {message}", file=sys.stderr, flush=True)
+
+
 def _resolve_local(path: str | None) -> str | None:
     if path and Path(path).expanduser().exists():
         return str(Path(path).expanduser().resolve())
@@ -118,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
-        callbacks = None if args.no_progress else ProgressBar()
+        callbacks = StderrWarnings() if args.no_progress else ProgressBar()
         started = True
         result = Trainer(cfg, callbacks, stop, resume=args.resume).run()
     except StudioError as exc:

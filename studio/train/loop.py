@@ -187,7 +187,7 @@ class Trainer:
             f.path.mkdir(parents=True, exist_ok=True)
         resume_path = None
         if self.resume:
-            resume_path = ckpt.resolve_resume(f.path, self.resume)
+            resume_path = ckpt.resolve_resume(f.path, self.resume, self._warn if self.main else None)
         elif f.checkpoints():
             raise ckpt.CheckpointError(f"The run folder {f.path} already holds checkpoints; "
                                        "use --resume latest or another --out.")
@@ -227,6 +227,8 @@ class Trainer:
         self._t_loop = time.time()
         self._accum_losses: list[float] = []
         epoch = first_epoch
+        if self.global_step >= plan.total:  # resumed from the final checkpoint
+            return False, epoch
         for epoch in range(first_epoch, plan.num_epochs):
             if hasattr(self.loader, "set_epoch"):
                 self.loader.set_epoch(epoch)
@@ -311,7 +313,8 @@ class Trainer:
             message = f"Stopped at step {self.global_step} by request; resume with --resume latest."
         else:
             status, message = "finished", "Training finished."
-            self._save_checkpoint(epoch)
+            if self.global_step > start_step:  # else resumed from the final checkpoint
+                self._save_checkpoint(epoch)
             self.acc.wait_for_everyone()
             self._finish()
         self.acc.wait_for_everyone()
@@ -359,9 +362,13 @@ class Trainer:
         return results
 
     def _finish(self) -> None:
-        """Final LoRA (every export format), samples, model card and manifest (main process)."""
-        if not self.main:
-            return
+        """Final LoRA (every export format), samples, model card and manifest (main process); a
+        full disk is one sentence naming the intact checkpoints."""
+        if self.main:
+            with ckpt.disk_full_guard(self.run_dir, "the final LoRA"):
+                self._write_final()
+
+    def _write_final(self) -> None:
         from studio.runs.card import write_model_card
         from studio.runs.manifest import write_manifest
 
@@ -369,9 +376,11 @@ class Trainer:
         if extra:
             self._warn(f"{RunFolder.KOHYA} keeps diffusers names for {', '.join(extra)}; some "
                        "Kohya readers only map attention layers.")
-        state.write_lora(self.run_dir, self._lora_modules(), self.cfg.lora.lora_alpha, self._warn)
+        state.write_lora(self.run_dir, self._lora_modules(), self.cfg.lora.lora_alpha, self._warn,
+                         between=lambda: state.test_pause("in the final export", self.cb.on_log))
         samples: list[dict[str, Any]] = []
         if self.cfg.validation.at_end:
+            state.test_pause("in the end-of-run sampling", self.cb.on_log)
             samples = self._sample(self.global_step)
         manifest = write_manifest(self.run_dir, self.cfg, self.ds, base=self.m.base,
                                   vae=self.m.vae_src, instance_prompt=self.instance_prompt,

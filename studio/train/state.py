@@ -11,7 +11,9 @@ Resuming restores all of it, so a resumed run draws the same random numbers as a
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,17 @@ from studio.runs.folder import RunFolder
 from studio.train.sdxl import lora_state_dicts, save_lora
 
 log = logging.getLogger(__name__)
+
+# Test hook (kill -9 tests): seconds to pause inside the final export (after the diffusers file)
+# and before the end-of-run samples, each announced by a log event.
+FINISH_DELAY_ENV = "STUDIO_TEST_FINISH_DELAY"
+
+
+def test_pause(where: str, on_log: Callable[[str, str], None]) -> None:
+    delay = float(os.environ.get(FINISH_DELAY_ENV) or 0)
+    if delay > 0:
+        on_log("info", f"test hook: pausing {delay:g} s {where}.")
+        time.sleep(delay)
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,14 +61,19 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
-               warn: Callable[[str], None], what: str = "") -> Path:
+               warn: Callable[[str], None], what: str = "",
+               between: Callable[[], None] | None = None) -> Path:
     """The LoRA of ``modules`` (unwrapped trained models by name) in every export format into
-    ``folder``. A failed export is a warning: the diffusers file is what loading and resuming
-    need."""
+    ``folder`` (``between``: called after the diffusers file). A failed export is a warning (the
+    diffusers file is what loading and resuming need), a full disk an error."""
     path = save_lora(folder, modules)
+    if between is not None:
+        between()
     try:
         write_exports(folder, lora_alpha)
     except Exception as exc:
+        if ckpt.is_disk_full(exc):
+            raise
         warn(f"The Kohya/A1111 export{what} failed: {first_line(exc, limit=300)}.")
     return path
 
