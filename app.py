@@ -2,10 +2,11 @@
 Also the Hugging Face Spaces entry point (app_file: app.py).
 
     python app.py [--host 127.0.0.1] [--port 7860] [--demo] [--base ID_OR_DIR] ...
-                  [--auth user:password ...] [--insecure-no-auth]
+                  [--auth user:password ...] [--insecure-no-auth] [--forwarded-allow-ips IPS]
 
 Beyond localhost a login is required (``--auth`` or ``STUDIO_AUTH``), except on a Hugging Face
-Space, where the Space's own visibility applies.
+Space, where the Space's own visibility applies. A user error (a refused setting) prints one
+sentence and exits with code 2; ``--debug`` prints its traceback as well.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -39,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "or STUDIO_AUTH_FILE with one user:password per line)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow listening beyond localhost without a login (not recommended)")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   default=os.environ.get("STUDIO_FORWARDED_ALLOW_IPS"),
+                   help="comma-separated addresses or networks of your reverse proxy, whose "
+                        "X-Forwarded-For/-Proto headers are then believed (default: none, "
+                        "except the Space proxy on a Hugging Face Space; 'none' turns it off)")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     return p.parse_args(argv)
 
 
@@ -51,10 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         from studio.models import quiet_libraries
 
         quiet_libraries()
+    from studio.errors import StudioError, first_line
+
+    try:
+        return serve(args)
+    except StudioError as exc:  # one sentence for the operator; --debug adds the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
     from studio import spaces
     from studio.security import (
-        SecurityError,
         check_exposure,
+        forwarded_allow_ips,
         harden_pillow,
         is_local_host,
         parse_auth,
@@ -65,13 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         args.host = "0.0.0.0"
         log.info("On a Hugging Face Space: listening on 0.0.0.0 (the Space proxy is the only "
                  "way in; the Space's visibility and STUDIO_AUTH decide who can use it).")
-    try:
-        auth = parse_auth(args.auth, os.environ.get("STUDIO_AUTH"),
-                          os.environ.get("STUDIO_AUTH_FILE"))
-        warning = check_exposure(args.host, bool(auth), args.insecure_no_auth, space.on_spaces)
-    except SecurityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    auth = parse_auth(args.auth, os.environ.get("STUDIO_AUTH"), os.environ.get("STUDIO_AUTH_FILE"))
+    warning = check_exposure(args.host, bool(auth), args.insecure_no_auth, space.on_spaces)
+    forwarded = forwarded_allow_ips(args.forwarded_allow_ips, space.on_spaces)
     if warning:
         log.warning(warning)
     harden_pillow()
@@ -83,16 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     if space.storage_warning:
         services.notices.append(space.storage_warning)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(services.workspace.tmp_dir))
-    import uvicorn
-
+    from studio.api.serve import run_server
     from studio.api.settings import ServerOptions
 
-    server = create_http_app(services, ui=True,
-                             options=ServerOptions(auth=auth, host=args.host, port=args.port))
-    log.info("workspace: %s; UI login: %s; API docs at /docs", services.workspace.home,
-             f"{len(auth)} user(s)" if auth else "off")
-    uvicorn.run(server, host=args.host, port=args.port, log_level="debug" if args.debug
-                else "info", server_header=False, timeout_graceful_shutdown=10)
+    server = create_http_app(services, ui=True, options=ServerOptions(
+        auth=auth, host=args.host, port=args.port, spaces=space.on_spaces))
+    log.info("workspace: %s; UI login: %s; API docs at /docs; forwarded headers believed from: "
+             "%s", services.workspace.home, f"{len(auth)} user(s)" if auth else "off",
+             ", ".join(forwarded) if forwarded else "nobody")
+    run_server(server, args.host, args.port, forwarded, debug=args.debug)
     return 0
 
 

@@ -3,7 +3,8 @@
 :func:`build_services` resolves the operator's model choices once, and makes the workspace's
 job service, the generation service and the API key store. :func:`create_http_app` serves them:
 it starts the job scheduler with the app (and stops it on shutdown), mounts the API routers and,
-when ``ui`` is true, the Gradio UI. The API and the training scheduler work without the UI
+when ``ui`` is true, the Gradio UI; outside Hugging Face Spaces it refuses cross-site requests
+(:class:`studio.security.SiteGuard`). The API and the training scheduler work without the UI
 being built (Gradio is imported only to mount the UI).
 """
 
@@ -23,6 +24,7 @@ from studio.api.settings import ServerOptions
 from studio.generate.service import GenerationService
 from studio.jobs.service import JobService, get_service
 from studio.models import ModelSources
+from studio.security import SiteGuard
 from studio.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -92,4 +94,6 @@ def create_http_app(services: Services, *, ui: bool = True,
         from studio.ui.server import mount_ui
 
         mount_ui(app, services, options)
+    if not options.spaces:
+        app.add_middleware(SiteGuard)  # outermost: a cross-site request reaches nothing
     return app

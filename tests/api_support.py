@@ -18,9 +18,9 @@ SMALL = {"prompt": "a photo of TOK person", "steps": 2, "width": 64, "height": 6
 
 
 def start_api_app(home: Path, tiny: dict[str, Path], *extra: str,
-                  env: dict[str, str] | None = None) -> AppServer:
+                  env: dict[str, str] | None = None, **kw: Any) -> AppServer:
     home.mkdir(parents=True, exist_ok=True)
-    return start_app(home, tiny, *extra, env={**API_ENV, **(env or {})})
+    return start_app(home, tiny, *extra, env={**API_ENV, **(env or {})}, **kw)
 
 
 def keystore(home: Path):

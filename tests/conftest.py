@@ -85,8 +85,10 @@ class AppServer:
                 self.proc.kill()
 
 
-def start_app(home: Path, tiny: dict[str, Path], *extra: str, env: dict | None = None) -> AppServer:
-    """Start ``python app.py`` on the tiny models in a subprocess; wait until it answers."""
+def start_app(home: Path, tiny: dict[str, Path], *extra: str, env: dict | None = None,
+              cwd: Path = ROOT) -> AppServer:
+    """Start ``python app.py`` on the tiny models in a subprocess (working directory ``cwd``);
+    wait until it answers."""
     port = free_port()
     log = home.parent / f"app-{port}.log"
     e = dict(os.environ)
@@ -96,7 +98,7 @@ def start_app(home: Path, tiny: dict[str, Path], *extra: str, env: dict | None =
     e.update(env or {})
     fh = open(log, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *extra],
-                            cwd=ROOT, env=e, stdout=fh, stderr=subprocess.STDOUT)
+                            cwd=cwd, env=e, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/", proc=proc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -56,6 +57,37 @@ def test_bad_keys_get_401_json(server, headers, code):
         assert h.get("www-authenticate") == "Bearer"
 
 
+def _raw_exchange(server, data: bytes, chunk: int = 4096) -> bytes:
+    """Send ``data`` in small pieces (as a slow network would) and return the raw answer."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        for i in range(0, len(data), chunk):
+            sock.sendall(data[i:i + chunk])
+        answer = b""
+        while not answer.endswith(b"}"):
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    return answer
+
+
+def test_long_or_broken_requests_get_json(server):
+    key = "sk-studio-" + "A" * (64 * 1024)
+    head = f"GET /api_key_usage HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode()
+    answer = _raw_exchange(server, head)
+    status, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"content-type: application/json" in headers.lower()
+    assert json.loads(body)["error"] == "invalid_api_key"
+    answer = _raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 400"), answer[:200]
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"] == "bad_request" and body["message"].endswith(".")
+
+
 def test_conflicting_credentials_get_401(server, store):
     key, _ = store.create("two-headers")
     for extra in ({"Authorization": "Bearer sk-studio-" + "B" * 43}, {"Authorization": "Basic x"}):
@@ -94,6 +126,10 @@ def test_valid_key_gets_image_and_usage_counts_it(server, store):
         assert json.loads(im.text["studio"])["base_model"] == "base"
     assert data["usage"]["images"] == before + 1
     assert usage(server, key)["key"]["images"] == before + 1
+    # a float field takes a whole number
+    assert request(server.url + "/generate_image", "POST", {**SMALL, "guidance": 7},
+                   bearer(key))[0] == 200
+    before += 1
     # the same seed and settings give the same pixels
     again = json.loads(request(server.url + "/generate_image", "POST", SMALL, bearer(key))[2])
     a = Image.open(io.BytesIO(png)).tobytes()
@@ -131,6 +167,10 @@ def test_raw_png_and_batch(server, store):
     ({**SMALL, "unknown": 1}, "Field 'unknown'"),
     ({**SMALL, "lora": "/etc/passwd"}, "Field 'lora': give the name of a training run"),
     ({**SMALL, "lora": "../runs/x"}, "Field 'lora': give the name of a training run"),
+    ({**SMALL, "steps": True}, "Field 'steps': Input should be a valid integer"),
+    ({**SMALL, "width": "64"}, "Field 'width': Input should be a valid integer"),
+    ({**SMALL, "guidance": True}, "Field 'guidance': Input should be a valid number"),
+    ({**SMALL, "refiner": 1}, "Field 'refiner': Input should be a valid boolean"),
     (b"{not json", "not valid JSON"),
     (b"\xff\xfe{", "not valid JSON"),
 ])

@@ -162,7 +162,7 @@ def test_only_the_operator_sets_the_models(services, tiny_models, monkeypatch):
 class _Refusing:
     """A generation service that refuses every request with a user error."""
 
-    def generate(self, req, progress=None):
+    def generate(self, req, progress=None, cancelled=None):
         from studio.generate.request import GenerationError
 
         raise GenerationError("This server generates nothing today.")

@@ -164,6 +164,24 @@ def test_whole_mixed_batch_reasons(tmp_path):
     assert all(Path(n).suffix for n in got)
 
 
+def test_links_in_the_photos_folder_are_reported(tmp_path):
+    """Links to folders are not followed, and each gets one line, like any skipped file."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    dp.save(dp.astronaut(), photos / "me.jpg", quality=90)
+    dp.save(dp.no_face_photo(), elsewhere / "other.jpg", quality=90)
+    (photos / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (photos / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (photos / ".hidden-link").symlink_to(elsewhere, target_is_directory=True)
+    res = ingest([photos])
+    assert [i.name for i in res.accepted] == ["me.jpg"]
+    reasons = {r.name: r.reason for r in res.rejected}
+    assert set(reasons) == {"linked", "dangling.jpg"}
+    assert reasons["linked"] == "a link to a folder, which is not followed; skipped"
+    assert reasons["dangling.jpg"] == "a broken link; skipped"
+
+
 @pytest.mark.parametrize("fmt,name", [("HEIF", "iphone.heic"), ("AVIF", "photo.avif"),
                                       ("WEBP", "photo.webp")])
 def test_heic_avif_webp_are_accepted(fmt, name):

@@ -165,8 +165,18 @@ def test_space_starts_without_login_and_warns_about_storage(tmp_path, tiny_model
         warned = any(isinstance(t, str) and "no persistent storage" in t for t in texts)
         has_data = spaces.PERSISTENT_DIR.is_dir() and os.access(spaces.PERSISTENT_DIR, os.W_OK)
         assert warned is not has_data  # this machine has no /data: the UI must warn
+        # the Space's page frames the app from huggingface.co: its requests are not refused
+        boundary = "b0undary"
+        upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                  f"filename=\"a.txt\"\r\n\r\nhi\r\n--{boundary}--\r\n").encode()
+        status, _, raw = request(server.url + "/gradio_api/upload", "POST", upload, {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Origin": "https://huggingface.co"})
+        assert status == 200, raw
         log = server.log.read_text()
         assert "0.0.0.0" in log and "HF_TOKEN secret: set" in log
         assert "hf_not_a_real_secret_123" not in log
+        # the Space proxy's forwarded client addresses are believed, and only from its network
+        assert "forwarded headers believed from: 10.0.0.0/8, 172.16.0.0/12" in log
     finally:
         server.stop()

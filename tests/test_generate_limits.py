@@ -4,6 +4,7 @@ GenerationRequest.validate all agree with LIMITS (and with each other on every e
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 from pydantic import ValidationError
@@ -50,6 +51,38 @@ def test_api_schema_and_validate_follow_the_limits(name):
     assert request_model(ApiSettings()).model_json_schema()["properties"][name] == prop
     for value in _edges(name):
         assert _api_accepts(name, value) == _validate_accepts(name, value) == lim.ok(value), value
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+def test_api_numbers_are_strict(name):
+    """JSON true is not 1 and "5" is not 5, in the base model and in every server's narrowed
+    one; as in JSON Schema, 30.0 is an integer and a number field takes a whole number."""
+    lim = LIMITS[name]
+    value = lim.kind(lim.default)
+
+    def accepts(model, v) -> bool:
+        try:
+            model.model_validate_json(json.dumps({"prompt": "x", "refiner": True, name: v}))
+        except ValidationError:
+            return False
+        return True
+
+    for model in (GenerateImageRequest, request_model(ApiSettings())):
+        assert accepts(model, value)
+        assert not any(accepts(model, bad) for bad in (True, False, str(value), None)), name
+        if lim.kind is int:
+            assert accepts(model, float(value)) and not accepts(model, value + 0.5)
+        elif lim.ok(round(lim.hi)):
+            assert accepts(model, round(lim.hi))  # e.g. "guidance": 30
+
+
+@pytest.mark.parametrize("name", ["refiner", "save_to_gallery"])
+def test_api_switches_are_strict(name):
+    for bad in (1, 0, "true", "yes"):
+        with pytest.raises(ValidationError):
+            GenerateImageRequest.model_validate_json(json.dumps({"prompt": "x", name: bad}))
+    assert getattr(GenerateImageRequest.model_validate_json(
+        json.dumps({"prompt": "x", name: True})), name) is True
 
 
 def test_api_settings_narrow_the_limits():

@@ -1,5 +1,6 @@
 """Secure serving: login beyond localhost, Gradio's own routes closed to strangers, no path
-traversal through the file routes, login throttling, Pillow's bomb limit."""
+traversal through the file routes, login throttling that a client cannot dodge by claiming
+another address, no cross-site requests, Pillow's bomb limit, user errors exit 2."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from pathlib import Path
 import pytest
 from api_support import SMALL, bearer, keystore, request, start_api_app
 
-from studio.security import SecurityError, check_exposure, harden_pillow, is_local_host, parse_auth
+from studio.security import (
+    SPACE_PROXY_NETWORKS,
+    SecurityError,
+    check_exposure,
+    forwarded_allow_ips,
+    harden_pillow,
+    is_local_host,
+    parse_auth,
+    same_origin,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "admin", "correct-horse-battery"
@@ -73,6 +83,37 @@ def test_exposure_policy():
         check_exposure("0.0.0.0", False)
 
 
+def test_forwarded_headers_are_believed_only_from_named_proxies():
+    assert forwarded_allow_ips(None) is None  # the default: X-Forwarded-For is ignored
+    assert forwarded_allow_ips(None, on_spaces=True) == list(SPACE_PROXY_NETWORKS)
+    assert forwarded_allow_ips("none", on_spaces=True) is None
+    assert forwarded_allow_ips(" 127.0.0.1, 10.0.0.0/8 ,::1") == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    with pytest.raises(SecurityError, match="any client choose"):
+        forwarded_allow_ips("*")
+    with pytest.raises(SecurityError, match="not an IP address or network"):
+        forwarded_allow_ips("127.0.0.1,proxy.example")
+
+
+@pytest.mark.parametrize("headers, same", [
+    ({}, True),  # API clients and curl name no page
+    ({"host": "127.0.0.1:7860", "origin": "http://127.0.0.1:7860"}, True),
+    ({"host": "Studio.example", "origin": "https://studio.example"}, True),
+    ({"host": "studio.example:443", "origin": "https://studio.example"}, True),
+    ({"host": "[::1]:7860", "origin": "http://[::1]:7860"}, True),
+    ({"host": "127.0.0.1:7860", "referer": "http://127.0.0.1:7860/?view=api"}, True),
+    ({"host": "127.0.0.1:7860", "origin": "http://evil.example"}, False),
+    ({"host": "127.0.0.1:7860", "origin": "http://127.0.0.1:7861"}, False),
+    ({"host": "127.0.0.1:7860", "origin": "http://localhost:7860"}, False),
+    ({"host": "127.0.0.1:7860", "origin": "null"}, False),
+    ({"host": "127.0.0.1:7860", "referer": "https://evil.example/page"}, False),
+    ({"host": "127.0.0.1:7860", "origin": "http://evil.example",
+      "referer": "http://127.0.0.1:7860/"}, False),  # the Origin decides
+    ({"origin": "http://127.0.0.1:7860"}, False),  # no Host to compare with
+])
+def test_same_origin(headers, same):
+    assert same_origin(headers) is same
+
+
 def test_pillow_bomb_limit(tmp_path):
     from PIL import Image
 
@@ -101,6 +142,22 @@ def test_host_0000_without_auth_refuses_with_clear_message():
 def test_bad_auth_value_refuses():
     r = _app_cmd("--host", "0.0.0.0", "--port", "1", env={"STUDIO_AUTH": "admin:short"})
     assert r.returncode == 2 and "shorter than 8 characters" in r.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_user_errors_exit_2_even_with_debug(tmp_path, debug):
+    """A refused setting is one sentence and exit code 2; --debug adds the traceback only."""
+    flags = ["--debug"] if debug else []
+    cases = [(["--forwarded-allow-ips", "*"], {}, "error: --forwarded-allow-ips '*' would"),
+             ([], {"STUDIO_API_MAX_STEPS": "lots"},
+              "error: STUDIO_API_MAX_STEPS must be a whole number (got 'lots')."),
+             ([], {"STUDIO_API_HUB_TOKEN": "maybe"}, "error: STUDIO_API_HUB_TOKEN must be 1")]
+    for args, env, first in cases:
+        r = _app_cmd(*flags, "--port", "1", *args, env={"STUDIO_HOME": str(tmp_path), **env})
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert len(errors) == 1 and errors[0].startswith(first), r.stderr[-2000:]
+        assert ("Traceback" in r.stderr) is debug
 
 
 # ---- a running app with login ---------------------------------------------------------------
@@ -196,19 +253,84 @@ def test_browser_shows_login_form(auth_server, page):
     page.locator("#gen-status").get_by_text("image(s) in").wait_for(timeout=120_000)
 
 
-def test_login_attempts_are_throttled(auth_server):
-    url = auth_server.url + "/login"
-    data = urllib.parse.urlencode({"username": USER, "password": "wrong-password"}).encode()
-    form = {"Content-Type": "application/x-www-form-urlencoded"}
+def test_cross_site_requests_are_refused(auth_server):
+    url = auth_server.url
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    data = urllib.parse.urlencode({"username": USER, "password": PASSWORD}).encode()
+    with opener.open(urllib.request.Request(url + "/login", data=data), timeout=30) as r:
+        cookies = r.headers.get_all("set-cookie")
+    assert cookies and all("samesite=lax" in c.lower() for c in cookies), cookies
+    assert not any("samesite=none" in c.lower() for c in cookies)
+    boundary = "studio-test-boundary"
+    upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+              f"filename=\"note.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+              f"--{boundary}--\r\n").encode()
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
-    def attempt() -> int:
+    def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        req = urllib.request.Request(url + path, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data, headers=form),
-                                        timeout=30) as r:
-                return r.status
+            with opener.open(req, timeout=60) as r:
+                return r.status, r.read()
         except urllib.error.HTTPError as e:
-            return e.code
+            return e.code, e.read()
+
+    for forged in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/x"},
+                   {"Origin": "null"}):
+        status, raw = post("/gradio_api/upload", upload, {**form, **forged})
+        assert status == 403, (forged, raw)
+        msg = json.loads(raw)
+        assert msg["error"] == "cross_site_request" and msg["message"].count(".") == 1
+    status, raw = post("/gradio_api/upload", upload, {**form, "Origin": url})
+    assert status == 200 and json.loads(raw)[0].endswith("note.txt"), raw
+    # a forged login is refused too; API clients (no Origin, a key) are not affected
+    status, _ = post("/login", data, {"Origin": "http://evil.example"})
+    assert status == 403
+    key, _ = keystore(auth_server.home).create("no-origin")
+    status, _, raw = request(url + "/generate_image", "POST", SMALL, {"X-API-Key": key})
+    assert status == 200, raw
+    status, _, raw = request(url + "/generate_image", "POST", SMALL,
+                             {"X-API-Key": key, "Origin": "http://evil.example"})
+    assert status == 403 and json.loads(raw)["error"] == "cross_site_request"
+
+
+def _login_attempt(url: str, headers: dict[str, str] | None = None) -> int:
+    data = urllib.parse.urlencode({"username": USER, "password": "wrong-password"}).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/login", data, headers=form),
+                                    timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_login_attempts_are_throttled_whatever_address_the_client_claims(auth_server):
+    from studio.ui.server import LOGIN_ATTEMPTS_PER_MIN
 
     # runs last: earlier logins of this module count towards the same per-minute budget
-    codes = [attempt() for _ in range(12)]
-    assert codes[0] == 400 and codes[-1] == 429, codes
+    codes = [_login_attempt(auth_server.url, {"X-Forwarded-For": f"203.0.113.{i}",
+                                              "Forwarded": f"for=198.51.100.{i}"})
+             for i in range(100)]
+    first = codes.index(429)
+    assert codes[0] == 400 and set(codes[:first]) == {400} and set(codes[first:]) == {429}
+    assert first <= LOGIN_ATTEMPTS_PER_MIN, codes
+
+
+def test_forwarded_addresses_are_believed_from_a_named_proxy(tmp_path, tiny_models):
+    """Behind a reverse proxy the operator names, each client has its own login budget."""
+    from studio.ui.server import LOGIN_ATTEMPTS_PER_MIN
+
+    server = start_api_app(tmp_path / "home", tiny_models, "--forwarded-allow-ips", "127.0.0.1",
+                           env={"STUDIO_AUTH": f"{USER}:{PASSWORD}"})
+    try:
+        one = {"X-Forwarded-For": "203.0.113.7"}
+        codes = [_login_attempt(server.url, one) for _ in range(LOGIN_ATTEMPTS_PER_MIN + 1)]
+        assert codes == [400] * LOGIN_ATTEMPTS_PER_MIN + [429], codes
+        # the proxy appends the real client: what the client wrote before it does not count
+        assert _login_attempt(server.url, {"X-Forwarded-For": "203.0.113.8, 203.0.113.7"}) == 429
+        assert _login_attempt(server.url, {"X-Forwarded-For": "203.0.113.8"}) == 400
+        assert "forwarded headers believed from: 127.0.0.1" in server.log.read_text()
+    finally:
+        server.stop()

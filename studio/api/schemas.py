@@ -4,10 +4,18 @@ responses."""
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    create_model,
+)
 
 from studio.api.settings import ApiSettings
 from studio.generate.request import LIMITS
@@ -18,7 +26,6 @@ SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 _HUB_LORA = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
              r"(:[A-Za-z0-9][A-Za-z0-9._/-]{0,200}\.safetensors)?")
 _RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}"
-HUB_LORA_RE = re.compile(f"^{_HUB_LORA}$")
 _LORA_PATTERN = f"^({_RUN_NAME}|{_HUB_LORA})$"
 # At least one character that is not whitespace (str.isspace also counts \x1c-\x1f).
 _NOT_BLANK = r"[^\s\x1c-\x1f]"
@@ -29,6 +36,21 @@ PATTERN_HELP = {
     "lora": "give the name of a training run of this studio or a Hub id like "
             "owner/name[:file.safetensors]",
 }
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON types are taken as they are: true is not 1 and "5" is not 5. As in JSON Schema, 5.0 is
+# an integer and a number field takes 7.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
+STRICT: dict[type, Any] = {int: WholeNumber, float: StrictFloat}
+
+
+def strict(name: str) -> Any:
+    """The strict pydantic type of ``LIMITS[name]``'s kind."""
+    return STRICT[LIMITS[name].kind]
 
 
 def limit_field(name: str, hi: float | None = None, **extra: Any) -> Any:
@@ -42,7 +64,9 @@ def limit_field(name: str, hi: float | None = None, **extra: Any) -> Any:
 
 
 class GenerateImageRequest(BaseModel):
-    """What to generate. Defaults are SDXL's usual settings."""
+    """What to generate. Defaults are SDXL's usual settings. Numbers and switches are strict:
+    ``true`` is not a step count and ``"5"`` is not a number (each numeric field's type is
+    ``strict(name)``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,21 +74,24 @@ class GenerateImageRequest(BaseModel):
                         pattern=_NOT_BLANK,
                         examples=["a photo of TOK person, portrait, natural light"])
     negative_prompt: str = Field("", max_length=int(LIMITS["negative_prompt"].hi))
-    seed: int = limit_field("seed", description="-1 for a random seed; image i uses seed + i")
-    steps: int = limit_field("steps")
-    guidance: float = limit_field("guidance", description="classifier-free guidance scale")
-    width: int = limit_field("width")
-    height: int = limit_field("height")
-    num_images: int = limit_field("num_images")
+    seed: WholeNumber = limit_field("seed", description="-1 for a random seed; image i uses seed + i")
+    steps: WholeNumber = limit_field("steps")
+    guidance: StrictFloat = limit_field("guidance", description="classifier-free guidance scale")
+    width: WholeNumber = limit_field("width")
+    height: WholeNumber = limit_field("height")
+    num_images: WholeNumber = limit_field("num_images")
     scheduler: SchedulerName = Field(DEFAULT_SCHEDULER)  # type: ignore[valid-type]
     lora: str | None = Field(None, max_length=300, pattern=_LORA_PATTERN, description=(
         "a training run of this workspace (its name) or a Hub LoRA (owner/name or "
         "owner/name:file.safetensors); null for none"))
-    lora_scale: float = limit_field("lora_scale")
-    refiner: bool = Field(False, description="finish with the SDXL refiner (ensemble of experts)")
-    refiner_switch: float = limit_field("refiner_switch", description="fraction of the "
-                                        "denoising done by the base before the refiner takes over")
-    save_to_gallery: bool = Field(False, description="also keep the images in the app's gallery")
+    lora_scale: StrictFloat = limit_field("lora_scale")
+    refiner: StrictBool = Field(False, description="finish with the SDXL refiner (ensemble of "
+                                "experts)")
+    refiner_switch: StrictFloat = limit_field("refiner_switch", description="fraction of the "
+                                              "denoising done by the base before the refiner "
+                                              "takes over")
+    save_to_gallery: StrictBool = Field(False, description="also keep the images in the app's "
+                                        "gallery")
 
 
 def request_model(settings: ApiSettings) -> type[GenerateImageRequest]:
@@ -78,7 +105,7 @@ def request_model(settings: ApiSettings) -> type[GenerateImageRequest]:
         top = min(lim.hi, cap)
         if lim.multiple_of:
             top = top // lim.multiple_of * lim.multiple_of
-        fields[name] = (lim.kind, limit_field(name, top))
+        fields[name] = (strict(name), limit_field(name, top))
     return create_model("GenerateImageRequest", __base__=GenerateImageRequest,
                         __doc__=GenerateImageRequest.__doc__, **fields)
 

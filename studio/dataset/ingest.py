@@ -32,6 +32,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from studio.errors import first_line
+
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 512
@@ -128,11 +130,14 @@ def iter_raw(inputs: Iterable[InputItem]) -> Iterator[tuple[str, bytes] | Reject
 
 def _expand_path(path: Path) -> Iterator[tuple[str, bytes] | Rejection]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in
-                                                  p.relative_to(path).parts))
-        for p in files:
-            yield from _expand_path(p)
+        for p in sorted(path.rglob("*")):
+            if any(part.startswith(".") for part in p.relative_to(path).parts):
+                continue
+            if p.is_file():
+                yield from _expand_path(p)
+            elif p.is_symlink():  # rglob does not enter links to folders: say so, once each
+                yield Rejection(p.name, "a link to a folder, which is not followed; skipped"
+                                if p.exists() else "a broken link; skipped")
         return
     if not path.is_file():
         yield Rejection(path.name or str(path), "no such file")
@@ -245,7 +250,7 @@ def decode_image(name: str, data: bytes, min_side: int = MIN_SIDE) -> IngestedIm
         named = f" although it is named {suffix}" if suffix in IMAGE_SUFFIXES else ""
         raise Reject(f"not an image{named}; use JPEG, PNG, WebP, HEIC or AVIF") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise Reject(f"corrupt image header ({_short(exc)})") from None
+        raise Reject(f"corrupt image header ({first_line(exc, 120)})") from None
     fmt = (im.format or "?").upper()
     if fmt not in FORMATS:
         raise Reject(f"{fmt} images are not accepted; convert it to JPEG or PNG")
@@ -262,7 +267,7 @@ def decode_image(name: str, data: bytes, min_side: int = MIN_SIDE) -> IngestedIm
             notes.append("animated: first frame used")
         im.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise Reject(f"truncated or corrupt image data ({_short(exc)})") from None
+        raise Reject(f"truncated or corrupt image data ({first_line(exc, 120)})") from None
     icc = im.info.get("icc_profile")
     exif = im.getexif()
     if exif.get(0x0112, 1) not in (0, 1):
@@ -273,7 +278,7 @@ def decode_image(name: str, data: bytes, min_side: int = MIN_SIDE) -> IngestedIm
     except Reject:
         raise
     except Exception as exc:
-        raise Reject(f"could not convert its colours ({_short(exc)})") from None
+        raise Reject(f"could not convert its colours ({first_line(exc, 120)})") from None
     if _has_gps(exif):
         notes.append("GPS location removed")
     rgb.info = {}
@@ -295,11 +300,6 @@ def _bomb_size(msg: str) -> str:
 
     m = re.search(r"\((\d+) pixels\)", msg)
     return f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "too many pixels"
-
-
-def _short(exc: BaseException) -> str:
-    s = str(exc).strip().splitlines()
-    return (s[0] if s else type(exc).__name__)[:120]
 
 
 def to_srgb_rgb8(im: Image.Image, icc: bytes | None, notes: list[str]) -> Image.Image:
@@ -340,7 +340,7 @@ def to_srgb_rgb8(im: Image.Image, icc: bytes | None, notes: list[str]) -> Image.
                     notes.append(f"colour profile {desc[:40]!r} converted to sRGB")
                 return out
         except Exception as exc:  # a broken profile: fall back to the plain conversion
-            notes.append(f"colour profile ignored ({_short(exc)})")
+            notes.append(f"colour profile ignored ({first_line(exc, 120)})")
     if mode != "RGB":
         if mode not in ("L", "1", "CMYK", "RGBX", "YCbCr", "HSV"):
             raise Reject(f"colour mode {mode} is not supported; save it as an RGB JPEG or PNG")
@@ -383,7 +383,7 @@ def ingest(inputs: Iterable[InputItem], min_side: int = MIN_SIDE,
             continue
         except Exception as exc:  # never let one file stop the batch
             log.exception("unexpected error reading %s", name)
-            result.rejected.append(Rejection(name, f"could not be read ({_short(exc)})"))
+            result.rejected.append(Rejection(name, f"could not be read ({first_line(exc, 120)})"))
             continue
         if img.sha256 in by_hash:
             result.rejected.append(Rejection(name, f"exact duplicate of {by_hash[img.sha256]}; "

@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from studio import __version__
-from studio.errors import first_line
+from studio.errors import StudioError, first_line
 from studio.generate.request import MAX_SEED, GenerationError, GenerationRequest
 from studio.generate.schedulers import make_scheduler
 from studio.lora.refs import LoraRef, resolve_lora
@@ -51,6 +51,16 @@ class GeneratedImage:
 
 
 ProgressFn = Callable[[int, int, int, int], None]  # (image index, n images, step, steps)
+CancelledFn = Callable[[], bool]  # asked before every denoising step: True stops the generation
+
+
+class GenerationCancelled(StudioError):
+    """The generation was stopped between two denoising steps (its caller asked for it, e.g.
+    because the client went away); ``where`` says how far it got."""
+
+    def __init__(self, where: str):
+        super().__init__(f"The generation was cancelled at {where}.")
+        self.where = where
 
 
 class Generator:
@@ -90,7 +100,7 @@ class Generator:
         pipe.scheduler = make_scheduler(name, _PIPE_SCHEDULERS[pipe])
 
     # ---- LoRA ------------------------------------------------------------------------------
-    def _apply_lora(self, pipe, lora: str | None, scale: float) -> LoraRef | None:
+    def _apply_lora(self, pipe, lora: str | LoraRef | None, scale: float) -> LoraRef | None:
         # Adapters are tracked per pipeline: the cached pipeline is shared by every Generator.
         adapters = _PIPE_ADAPTERS.setdefault(pipe, OrderedDict())
         if not lora:
@@ -130,7 +140,8 @@ class Generator:
 
     # ---- generation ------------------------------------------------------------------------
     @staticmethod
-    def _refine(refiner, lora_on: bool, common: dict[str, Any], latents, gen, switch: float):
+    def _refine(refiner, lora_on: bool, common: dict[str, Any], latents, gen, switch: float,
+                on_step):
         """The refiner pass. It shares text_encoder_2 with the base, so a text-encoder LoRA
         there would condition it too; the refiner gets the plain encoder it was trained with
         (as in ComfyUI and A1111, where a LoRA patches the base's CLIP only) and the LoRA is
@@ -144,14 +155,16 @@ class Generator:
         if lora_on:
             disable_lora_for_text_encoder(refiner.text_encoder_2)
         try:
-            return refiner(**common, image=latents, generator=gen,
-                           denoising_start=switch).images[0]
+            return refiner(**common, image=latents, generator=gen, denoising_start=switch,
+                           callback_on_step_end=on_step).images[0]
         finally:
             if lora_on:
                 enable_lora_for_text_encoder(refiner.text_encoder_2)
 
-    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None
-                 ) -> list[GeneratedImage]:
+    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None,
+                 cancelled: CancelledFn | None = None) -> list[GeneratedImage]:
+        """The request's images. ``cancelled()`` is asked before each image and after each
+        denoising step; when it answers True, :class:`GenerationCancelled` is raised."""
         import torch
 
         req.validate()
@@ -165,19 +178,24 @@ class Generator:
             self._use_scheduler(pipe, req.scheduler)
             if refiner is not None:
                 self._use_scheduler(refiner, req.scheduler)
-            n = int(req.num_images)
+            n, steps = int(req.num_images), int(req.steps)
             for i in range(n):
                 seed = (base_seed + i) % (MAX_SEED + 1)
                 t0 = time.perf_counter()
+                _check(cancelled, f"image {i + 1}/{n}, before its first step")
 
                 def on_step(_pipe, step, _t, kwargs, _i=i):
                     if progress:
-                        progress(_i, n, step + 1, int(req.steps))
+                        progress(_i, n, step + 1, steps)
+                    _check(cancelled, f"image {_i + 1}/{n}, step {step + 1}/{steps}")
+                    return kwargs
+
+                def on_refiner_step(_pipe, step, _t, kwargs, _i=i):
+                    _check(cancelled, f"image {_i + 1}/{n}, refiner step {step + 1}")
                     return kwargs
 
                 common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None,
-                              num_inference_steps=int(req.steps),
-                              guidance_scale=float(req.guidance))
+                              num_inference_steps=steps, guidance_scale=float(req.guidance))
                 gen = torch.Generator("cpu").manual_seed(seed)
                 try:
                     if refiner is None:
@@ -188,7 +206,7 @@ class Generator:
                                        generator=gen, denoising_end=float(req.refiner_switch),
                                        output_type="latent", callback_on_step_end=on_step).images
                         image = self._refine(refiner, lora_ref is not None, common, latents,
-                                             gen, float(req.refiner_switch))
+                                             gen, float(req.refiner_switch), on_refiner_step)
                 except torch.cuda.OutOfMemoryError as exc:
                     raise GenerationError(
                         "The GPU ran out of memory; lower the resolution or the number of images, "
@@ -208,3 +226,8 @@ class Generator:
                 }
                 out.append(GeneratedImage(image, params))
         return out
+
+
+def _check(cancelled: CancelledFn | None, where: str) -> None:
+    if cancelled is not None and cancelled():
+        raise GenerationCancelled(where)

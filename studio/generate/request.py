@@ -9,9 +9,13 @@ all read it, so a client never meets a slider that allows what the server refuse
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from studio.errors import StudioError
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+if TYPE_CHECKING:
+    from studio.lora.refs import LoraRef
 
 MAX_SEED = 2**32 - 1
 
@@ -98,7 +102,7 @@ class GenerationRequest:
     height: int = int(LIMITS["height"].default)
     num_images: int = int(LIMITS["num_images"].default)
     scheduler: str = DEFAULT_SCHEDULER
-    lora: str | None = None
+    lora: str | LoraRef | None = None  # as typed (path or Hub id), or already resolved
     lora_scale: float = LIMITS["lora_scale"].default
     refiner: bool = False
     refiner_switch: float = LIMITS["refiner_switch"].default

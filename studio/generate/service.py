@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from studio.generate.engine import GeneratedImage, Generator, ProgressFn
+from studio.generate.engine import CancelledFn, GeneratedImage, Generator, ProgressFn
 from studio.generate.request import GenerationRequest
 from studio.models import model_source
 
@@ -33,8 +33,8 @@ class GenerationService:
                 self._generator = Generator(self.base, self.refiner, self.vae)
             return self._generator
 
-    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None
-                 ) -> list[GeneratedImage]:
+    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None,
+                 cancelled: CancelledFn | None = None) -> list[GeneratedImage]:
         """Validate ``req`` and generate its images (one sentence errors: GenerationError,
-        ModelLoadError)."""
-        return self.generator().generate(req, progress)
+        ModelLoadError; GenerationCancelled when ``cancelled()`` turns true between steps)."""
+        return self.generator().generate(req, progress, cancelled)

@@ -1,7 +1,8 @@
 """LoRA references a user types: a local file or folder, or a Hub id.
 
 ``resolve_lora`` turns one into a :class:`LoraRef` (folder + weight file); Hub files are
-downloaded once into the Hub cache with :func:`studio.models.hub_endpoint`.
+downloaded once into the Hub cache with :func:`studio.models.hub_endpoint`. ``hub_lora`` takes a
+Hub id only (never a local path), optionally without the operator's token (HTTP API requests).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class LoraRef:
 _HUB_FILE_REF = re.compile(r"^[\w.-]+/[\w.-]+:[\w./-]+\.safetensors$")
 
 
-def resolve_lora(ref: str) -> LoraRef:
+def resolve_lora(ref: str | LoraRef) -> LoraRef:
     """Resolve a LoRA given as a local file/folder or a Hub id (``owner/name`` or
-    ``owner/name:file.safetensors``); Hub files are downloaded once into the Hub cache."""
+    ``owner/name:file.safetensors``); Hub files are downloaded once into the Hub cache. A
+    :class:`LoraRef` (already resolved, e.g. by the HTTP API) is returned as it is."""
+    if isinstance(ref, LoraRef):
+        return ref
     ref = (ref or "").strip()
     if not ref:
         raise ModelLoadError("No LoRA was given.")
@@ -52,47 +56,72 @@ def resolve_lora(ref: str) -> LoraRef:
             raise ModelLoadError(f"The LoRA folder {ref} holds no {LORA_FILE} (or a single "
                                  ".safetensors file); pick the file itself.")
         raise ModelLoadError(f"The LoRA file {ref} does not exist; check the path.")
-    repo, _, fname = ref.partition(":")
-    return _download_hub_lora(repo, fname or None)
+    return hub_lora(ref)
 
 
-def _download_hub_lora(repo: str, fname: str | None) -> LoraRef:
+def is_hub_id(ref: str) -> bool:
+    """True when ``ref`` is ``owner/name`` or ``owner/name:file.safetensors`` with a repo id that
+    huggingface_hub accepts and a file name inside the repo. Nothing is looked up."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo, sep, fname = (ref or "").strip().partition(":")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return repo.count("/") == 1 and (not sep or _good_file(fname))
+
+
+def _good_file(fname: str) -> bool:
+    return fname.endswith(".safetensors") and ".." not in fname and not fname.startswith("/")
+
+
+def anonymous_cache() -> Path:
+    """The Hub cache of anonymous downloads, beside the usual one: a download without the
+    token never finds a file that was downloaded with it (huggingface_hub falls back to its
+    cache when the Hub refuses a request)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).parent / "hub-anonymous"
+
+
+def hub_lora(ref: str, *, anonymous: bool = False) -> LoraRef:
+    """A Hub LoRA (``owner/name[:file.safetensors]``), never a local path. ``anonymous``: fetch
+    it without any token (``HF_TOKEN`` or the login), into :func:`anonymous_cache`, so only
+    public LoRAs are served."""
+    repo, _, fname = (ref or "").strip().partition(":")
+    return _download_hub_lora(repo, fname or None, anonymous)
+
+
+def _download_hub_lora(repo: str, fname: str | None, anonymous: bool = False) -> LoraRef:
     """Download (once; later calls and offline mode use the Hub cache) a LoRA file from the Hub.
 
     Without a file name, the diffusers default ``pytorch_lora_weights.safetensors`` is used, or
     the repo's only ``.safetensors`` file. The Hub URL is :func:`hub_endpoint` (``HF_ENDPOINT``);
-    the token comes from ``HF_TOKEN`` or the local login. Every failure is one sentence.
+    the token comes from ``HF_TOKEN`` or the local login unless ``anonymous``. Every failure is
+    one sentence.
     """
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     label = f"{repo}:{fname}" if fname else repo
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
+    if not is_hub_id(repo):
         raise ModelLoadError(f"The LoRA {label!r} is neither an existing file nor a Hub id "
-                             "(owner/name or owner/name:file.safetensors).") from None
-    if fname is not None and (not fname.endswith(".safetensors") or ".." in fname
-                              or fname.startswith("/")):
+                             "(owner/name or owner/name:file.safetensors).")
+    if fname is not None and not _good_file(fname):
         raise ModelLoadError(f"The LoRA file name {fname!r} must be a .safetensors file inside "
                              f"the repo {repo} (owner/name:file.safetensors).")
     endpoint = hub_endpoint()
+    how = dict(token=False, cache_dir=anonymous_cache()) if anonymous else {}
     try:
         if fname is None:
             try:
-                local = Path(hf_hub_download(repo, LORA_FILE, endpoint=endpoint))
+                local = Path(hf_hub_download(repo, LORA_FILE, endpoint=endpoint, **how))
                 return LoraRef(local.parent, local.name, label)
             except RemoteEntryNotFoundError:  # the repo exists but has no diffusers default file
-                files = [f for f in HfApi(endpoint=endpoint).list_repo_files(repo)
-                         if f.endswith(".safetensors")]
+                api = HfApi(endpoint=endpoint, token=False if anonymous else None)
+                files = [f for f in api.list_repo_files(repo) if f.endswith(".safetensors")]
                 if len(files) != 1:
                     raise ModelLoadError(
                         f"The Hub repo {repo} holds no .safetensors LoRA file; check the id."
@@ -100,28 +129,45 @@ def _download_hub_lora(repo: str, fname: str | None) -> LoraRef:
                         f"The Hub repo {repo} holds several LoRA files ({', '.join(files[:5])}); "
                         f"name one as {repo}:FILE.") from None
                 fname = files[0]
-        local = Path(hf_hub_download(repo, fname, endpoint=endpoint))
+        local = Path(hf_hub_download(repo, fname, endpoint=endpoint, **how))
     except ModelLoadError:
         raise
-    except GatedRepoError as exc:
-        raise ModelLoadError(f"The LoRA repo {repo} is gated; accept its terms on the Hub and set "
-                             "HF_TOKEN to a token that can read it.") from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelLoadError(f"The LoRA repo {repo} was not found on the Hub, or it is private; "
-                             "check the id, or set HF_TOKEN to a token that can read it.") from exc
-    except (RemoteEntryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelLoadError(f"The LoRA {label} was not found in the Hub repo; check the file "
-                             "name.") from exc
-    except HfHubHTTPError as exc:
-        code = getattr(getattr(exc, "response", None), "status_code", None)
-        if code in (401, 403):
-            msg = (f"The LoRA repo {repo} is private or gated; set HF_TOKEN to a token that can "
-                   "read it.")
-        else:
-            msg = f"The Hub could not serve the LoRA {label} (HTTP {code}); try again later."
-        raise ModelLoadError(msg) from exc
-    except Exception as exc:  # offline mode, no network, not in the cache
-        raise ModelLoadError(f"Could not download the LoRA {label} (no network, or offline and "
-                             "not in the local cache); connect once to download it, or give a "
-                             "local file.") from exc
+    except Exception as exc:
+        raise _hub_error(exc, repo, label, anonymous) from exc
     return LoraRef(local.parent, local.name, label)
+
+
+def _hub_error(exc: Exception, repo: str, label: str, anonymous: bool) -> ModelLoadError:
+    """The one sentence for a failed Hub download."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    code = getattr(getattr(exc, "response", None), "status_code", None)
+    private = isinstance(exc, (GatedRepoError, RepositoryNotFoundError)) or code in (401, 403)
+    if anonymous and private:
+        return ModelLoadError(f"The LoRA repo {repo} was not found on the Hub or is not public; "
+                              "this server fetches Hub LoRAs for API requests without its token.")
+    if isinstance(exc, GatedRepoError):
+        return ModelLoadError(f"The LoRA repo {repo} is gated; accept its terms on the Hub and "
+                              "set HF_TOKEN to a token that can read it.")
+    if isinstance(exc, RepositoryNotFoundError):
+        return ModelLoadError(f"The LoRA repo {repo} was not found on the Hub, or it is private; "
+                              "check the id, or set HF_TOKEN to a token that can read it.")
+    if isinstance(exc, (RemoteEntryNotFoundError, RevisionNotFoundError)):
+        return ModelLoadError(f"The LoRA {label} was not found in the Hub repo; check the file "
+                              "name.")
+    if isinstance(exc, HfHubHTTPError):
+        if private:
+            return ModelLoadError(f"The LoRA repo {repo} is private or gated; set HF_TOKEN to a "
+                                  "token that can read it.")
+        return ModelLoadError(f"The Hub could not serve the LoRA {label} (HTTP {code}); try "
+                              "again later.")
+    # offline mode, no network, not in the cache
+    return ModelLoadError(f"Could not download the LoRA {label} (no network, or offline and not "
+                          "in the local cache); connect once to download it, or give a local "
+                          "file.")

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 from studio.config import ConfigError
@@ -129,13 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks = StderrWarnings() if args.no_progress else ProgressBar()
         started = True
         result = Trainer(cfg, callbacks, stop, resume=args.resume).run()
-    except StudioError as exc:
+    except StudioError as exc:  # a user error: exit 2, with or without --debug
         msg = first_line(exc)
         if not started:
             _write_failure(args.out, msg)
-        print(f"error: {msg}", file=sys.stderr)
         if getattr(args, "debug", False):
-            raise
+            traceback.print_exc()
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: Interrupted.", file=sys.stderr)

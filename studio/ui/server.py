@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from studio.api.settings import ServerOptions
@@ -61,6 +61,27 @@ class LoginThrottle:
             return True
 
 
+class ThrottleLogins:
+    """ASGI middleware answering 429 to a client's login attempts beyond its
+    :class:`LoginThrottle` budget. The client is the connection's peer, or the address a
+    trusted proxy forwarded (only proxies named by ``--forwarded-allow-ips``; see
+    :func:`studio.security.forwarded_allow_ips`), never an address the client claims."""
+
+    def __init__(self, app: Any, throttle: LoginThrottle):
+        self.app, self.throttle = app, throttle
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and \
+                scope["path"].rstrip("/").endswith("/login"):
+            client = scope.get("client")
+            if not self.throttle.allow(client[0] if client else "?"):
+                answer = JSONResponse({"error": "rate_limited", "message": "Too many login "
+                                       "attempts; wait a minute."}, status_code=429,
+                                      headers={"Retry-After": "60"})
+                return await answer(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def context_for(services: Any) -> AppContext:
     """The UI's context over the composition root's services (a :class:`studio.compose.Services`):
     the operator's models, the shared job and generation services."""
@@ -78,18 +99,7 @@ def mount_ui(app: FastAPI, services: Any, opts: ServerOptions) -> gr.Blocks:
 
     ctx = context_for(services)
     blocks = build_app(ctx)
-    throttle = LoginThrottle()
-
-    @app.middleware("http")
-    async def _throttle_login(request: Request, call_next):
-        if request.method == "POST" and request.url.path.rstrip("/").endswith("/login"):
-            client = request.client.host if request.client else "?"
-            if not throttle.allow(client):
-                return JSONResponse({"error": "rate_limited", "message": "Too many login "
-                                     "attempts; wait a minute."}, status_code=429,
-                                    headers={"Retry-After": "60"})
-        return await call_next(request)
-
+    app.add_middleware(ThrottleLogins, throttle=LoginThrottle())
     lock_down(blocks)
     blocks.queue(default_concurrency_limit=2, max_size=QUEUE_MAX_SIZE, api_open=False)
     ws = ctx.workspace
