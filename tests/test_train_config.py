@@ -136,8 +136,10 @@ def test_cli_bad_set_and_resume_without_checkpoint(tmp_path):
 def test_checkpoint_atomic_prune_and_disk_check(tmp_path):
     from studio.runs import checkpoints as ck
 
-    def writer(d: Path):
-        (d / ck.STATE_FILE).write_bytes(b"x")
+    def writer(d: Path):  # a training state that loads (resume validates what it picks)
+        import torch
+
+        torch.save({"step": 0}, d / ck.STATE_FILE)
 
     for s in (2, 4, 6):
         ck.save_checkpoint(tmp_path, s, writer, total_limit=2)
