@@ -1,8 +1,9 @@
-"""Test photos for the dataset tests, built from images that ship with scikit-image.
+"""Test photos for the dataset tests, built from images that ship with installed packages.
 
-Only ``skimage.data.astronaut()`` shows a real human face; variety comes from different crops,
-scales, mirror images and small rotations of it (each changes the difference hash enough not to
-count as a near duplicate), plus photos with no face at all.
+``skimage.data.astronaut()`` (Eileen Collins) and matplotlib's ``sample_data/grace_hopper.jpg``
+show two different real people; variety comes from different crops, scales, mirror images and
+small rotations (each changes the difference hash enough not to count as a near duplicate),
+plus photos with no face at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,37 @@ def astronaut() -> Image.Image:
     import skimage.data
 
     return Image.fromarray(skimage.data.astronaut())
+
+
+def grace_hopper() -> Image.Image:
+    """A 512x600 portrait of Grace Hopper from matplotlib's sample data."""
+    import matplotlib
+
+    return Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+                      ).convert("RGB")
+
+
+def grace_variants() -> dict[str, Image.Image]:
+    """Grace Hopper photos that differ in crop, scale, mirror and tilt."""
+    g = grace_hopper()
+    return {
+        "grace_plain.jpg": g,
+        "grace_mirror.png": g.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize(
+            (768, 900), Image.Resampling.LANCZOS),
+        "grace_tilted.webp": g.rotate(-8, resample=Image.Resampling.BICUBIC).crop(
+            (10, 30, 502, 570)).resize((700, 768), Image.Resampling.LANCZOS),
+        "grace_top.png": g.crop((40, 40, 480, 480)).resize((820, 820), Image.Resampling.LANCZOS),
+    }
+
+
+def side_by_side(left: Image.Image, right: Image.Image, height: int = 600) -> Image.Image:
+    """Two photos next to each other at one height (a two-person photo)."""
+    lw = round(left.width * height / left.height)
+    rw = round(right.width * height / right.height)
+    out = Image.new("RGB", (lw + rw, height), (128, 128, 128))
+    out.paste(left.resize((lw, height), Image.Resampling.LANCZOS), (0, 0))
+    out.paste(right.resize((rw, height), Image.Resampling.LANCZOS), (lw, 0))
+    return out
 
 
 def no_face_photo(size=(900, 600)) -> Image.Image:

@@ -1,0 +1,1 @@
+"""Face identity: embeddings that say whether two faces are the same person (issue 14)."""
