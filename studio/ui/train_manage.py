@@ -92,8 +92,8 @@ class ManageHandlers:
 
 def build_delete(c: dict[str, Any]) -> None:
     with gr.Row():
-        c["delete"] = gr.Button("Delete run", elem_id="train-delete", size="sm",
-                                variant="stop", interactive=False)
+        c["delete"] = gr.Button("Delete run…", elem_id="train-delete", size="sm", scale=0,
+                                min_width=160, interactive=False)
     with gr.Row(visible=False, elem_id="train-delete-confirm-row") as c["delete_row"]:
         c["delete_confirm"] = gr.Button("Confirm delete", variant="stop", size="sm",
                                         elem_id="train-delete-confirm")

@@ -15,7 +15,6 @@ view polls the run folder every 2 s with ``gr.Timer``.
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
 from studio import config as cfgmod
 from studio.ui.config_widgets import build_config_widgets, preset_note, preset_values
@@ -24,7 +23,7 @@ from studio.ui.train_handlers import TrainHandlers
 from studio.ui.train_manage import ManageHandlers, build_delete, build_queue, wire_manage
 from studio.ui.train_presets import PresetHandlers, build_save, wire_presets
 from studio.ui.train_simple import SIMPLE_KEYS, build_simple
-from studio.ui.train_view import LOSS_COLUMNS, MIN_STEP_AXIS, dataset_choices
+from studio.ui.train_view import MIN_STEP_AXIS, dataset_choices, loss_frame
 
 TICK_S = 2.0
 # Settings the time estimate depends on: a change to one of them updates it.
@@ -43,7 +42,7 @@ def _dataset_and_preset(ctx: AppContext, c: dict) -> None:
         c["dataset"] = gr.Dropdown(choices=dataset_choices(ctx), value=None, scale=4,
                                    label="Prepared dataset", elem_id="train-dataset",
                                    info="A dataset saved in the Dataset tab.")
-        c["dataset_refresh"] = gr.Button("↻", size="sm", scale=0,
+        c["dataset_refresh"] = gr.Button("↻", size="sm", scale=0, min_width=48,
                                          elem_id="train-dataset-refresh")
     c["dataset_path"] = gr.Textbox(label="…or a dataset folder", elem_id="train-dataset-path",
                                    placeholder="/path/to/DATASET (imagefolder or images with "
@@ -91,7 +90,7 @@ def _live_column(c: dict) -> None:
     with gr.Row():
         c["runs"] = gr.Dropdown(choices=[], value=None, label="Runs", elem_id="train-runs",
                                 scale=4, info="Every run in the workspace, any state.")
-        c["refresh"] = gr.Button("↻", size="sm", scale=0, elem_id="train-refresh")
+        c["refresh"] = gr.Button("↻", size="sm", scale=0, min_width=48, elem_id="train-refresh")
     c["status"] = gr.Markdown(elem_id="train-status")
     c["error"] = gr.Markdown(elem_id="train-error")
     with gr.Row():  # enabled by the live view when they apply to the selected run
@@ -100,10 +99,11 @@ def _live_column(c: dict) -> None:
         c["send"] = gr.Button("Use this LoRA in Generate", elem_id="train-send", size="sm",
                               variant="primary", interactive=False)
     c["action_status"] = gr.Markdown(elem_id="train-action-status")
-    c["plot"] = gr.LinePlot(value=pd.DataFrame(columns=LOSS_COLUMNS), x="step", y="loss",
-                            color="series", label="Loss", elem_id="train-loss", height=300,
+    c["plot"] = gr.LinePlot(value=loss_frame(), x="step", y="loss",
+                            color="series", label="Loss", show_label=False, title="Loss",
+                            color_title="", elem_id="train-loss", height=300,
                             color_map={"raw": "#9ecae1", "smoothed": "#08519c"},
-                            color_title="Loss", colors_in_legend=["raw", "smoothed"],
+                            colors_in_legend=["raw", "smoothed"],
                             x_lim=[0, MIN_STEP_AXIS], x_axis_format="d")
     c["samples"] = gr.Gallery(label="Validation samples (newest first)", columns=4, height=260,
                               elem_id="train-samples", object_fit="contain")

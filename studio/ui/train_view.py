@@ -54,11 +54,20 @@ def preferred_run(choices: list[tuple[str, str]], service: Any) -> str:
     return paths[0]
 
 
-def loss_frame(view: RunView) -> pd.DataFrame:
-    rows = [{"step": p.step, "loss": p.loss, "series": "raw"} for p in view.loss]
-    rows += [{"step": p.step, "loss": s, "series": "smoothed"}
-             for p, s in zip(view.loss, view.smoothed, strict=True)]
-    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+def loss_frame(view: RunView | None = None) -> pd.DataFrame:
+    """The loss chart's data: a "raw" and a "smoothed" row per step, after one empty (NaN) row of
+    each series. The chart builds its colours and legend from the series in its first data
+    (Gradio's plot does not rebuild them when only the data changes), so both series are
+    there from the start, and the columns are typed (an untyped empty frame makes the axes
+    categories)."""
+    points = view.loss if view is not None else []
+    smoothed = list(view.smoothed) if view is not None else []
+    return pd.DataFrame({
+        "step": pd.Series([0, 0] + [p.step for p in points] * 2, dtype="int64"),
+        "loss": pd.Series([float("nan")] * 2 + [p.loss for p in points] + smoothed,
+                          dtype="float64"),
+        "series": pd.Series(["raw", "smoothed"] + ["raw"] * len(points)
+                            + ["smoothed"] * len(smoothed), dtype=str)})
 
 
 def loss_axis(view: RunView) -> list[int]:
