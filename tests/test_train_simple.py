@@ -75,6 +75,10 @@ def test_a_preset_change_keeps_the_fields_the_user_changed(workspace):
     assert estimate.startswith("**45 steps** at 64 px")
     # The kept values now differ from the preset: they are overrides of the run.
     assert "train.max_train_steps=45" in h.overrides(new_pv, "", vals)
+    # A preset that does not load (a typed name) says why and changes no field.
+    out = h.on_preset("no-such-preset", "", pv, *vals)
+    assert out[1].startswith("⚠️ Unknown preset 'no-such-preset'") and out[0] == gr.skip()
+    assert all(u == gr.skip() for u in out[3:])
     # Nothing changed: nothing kept, no note.
     pv, vals = _values(c)
     out = h.on_preset("style", "", pv, *vals)

@@ -85,8 +85,11 @@ class TrainHandlers:
                   *wvals) -> list:
         """A preset was picked: its note, its values in the widgets the user did not change (the
         changed ones keep the user's value, and the note says so), the state the overrides are
-        computed against, the estimate."""
+        computed against, the estimate. A preset that does not load changes no field."""
         pv = preset_values(preset)
+        if not pv:
+            return [gr.skip(), self.estimate(preset, []), gr.skip(),
+                    *[gr.skip()] * len(self.widget_keys)]
         updates, kept = refill(self.widget_keys, list(wvals), old or {}, pv)
         shown = {k: v for (k, _), v in zip(self.widget_keys, wvals, strict=True)}
         try:
