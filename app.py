@@ -92,6 +92,9 @@ def serve(args: argparse.Namespace) -> int:
     harden_pillow()
     from studio.compose import build_services, create_http_app
 
+    if args.home:  # one home for everything that reads STUDIO_HOME (e.g. the saved presets)
+        os.environ["STUDIO_HOME"] = args.home
+
     services = build_services(args.home or None, base=args.base, refiner=args.refiner,
                               vae=args.vae, captioner=args.captioner, demo=args.demo,
                               remote=not is_local_host(args.host))

@@ -3,7 +3,7 @@
 A training job is described by one :class:`TrainConfig` (pydantic v2; unknown keys are errors at
 every level). The final config of a run is built in layers::
 
-    defaults  <-  preset (presets/NAME.yaml, sparse)  <-  --config FILE  <-  --set key=value ...
+    defaults  <-  preset (presets/ or STUDIO_HOME/presets/, sparse)  <-  --config FILE  <-  --set key=value ...
 
 and saved as ``RUN/config.yaml`` so ``python -m studio train --config RUN/config.yaml`` reproduces
 the run. Every error is a :class:`ConfigError` whose message is one line naming the key, e.g.
@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from studio.errors import StudioError
+from studio.workspace import user_presets_dir
 
 log = logging.getLogger(__name__)
 
@@ -297,22 +298,23 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 
 def list_presets() -> list[str]:
-    """Names of the bundled presets (presets/*.yaml)."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    """Names of the bundled presets (presets/*.yaml), then of the workspace's saved ones."""
+    bundled = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return bundled + sorted({p.stem for p in user_presets_dir().glob("[!.]*.yaml")} - {*bundled})
 
 
 def preset_path(name_or_path: str) -> Path:
-    """Resolve a preset name (presets/NAME.yaml) or a path to a YAML file."""
+    """Resolve a preset name (presets/, else STUDIO_HOME/presets/) or a path to a YAML file."""
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise ConfigError(f"The preset file {name_or_path} does not exist.")
         return p
-    cand = PRESETS_DIR / f"{name_or_path}.yaml"
-    if not cand.is_file():
-        raise ConfigError(f"Unknown preset {name_or_path!r}; choose one of: "
-                          f"{', '.join(list_presets())} (or give a YAML path).")
-    return cand
+    for cand in (PRESETS_DIR / f"{p.name}.yaml", user_presets_dir() / f"{p.name}.yaml"):
+        if cand.is_file() and p.name == name_or_path:
+            return cand
+    raise ConfigError(f"Unknown preset {name_or_path!r}; choose one of: {', '.join(list_presets())} "
+                      "(or give a YAML path).")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -306,9 +306,20 @@ def load_captioner(captioner: str | None = None, device: str | None = None, dtyp
     return cached(("captioner", source, device, str(dtype)), load)
 
 
+def _not_optional_kernels(record: logging.LogRecord) -> bool:
+    """False for bitsandbytes' import-time note that the optional Hub 'kernels' package is
+    missing (it then uses its own CPU code); every other record passes."""
+    return not (record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from "
+                                               "kernels-community: No module named 'kernels'"))
+
+
 def quiet_libraries() -> None:
-    """Silence third-party progress bars and advice-level warnings in the CLI and the app."""
+    """Silence third-party progress bars and advice-level warnings in the CLI and the app (and
+    so in every training process and its log)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")  # filters work before its import
+    if _not_optional_kernels not in bnb.filters:
+        bnb.addFilter(_not_optional_kernels)
     try:
         from diffusers.utils import logging as dlog
 

@@ -11,6 +11,7 @@ makes::
       exports/            zips made for download
       models/             demo models built on this machine
       tmp/                the web server's upload/temp folder
+      presets/            training presets saved from the Train tab (studio.config lists them)
 
 Names that come from users are checked by :func:`safe_name` and joined with :func:`safe_join`,
 so a user-supplied path never escapes the workspace.
@@ -48,6 +49,11 @@ def default_home() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / "sdxl-lora-studio"
+
+
+def user_presets_dir() -> Path:
+    """STUDIO_HOME/presets: the training presets saved from the Train tab."""
+    return default_home() / "presets"
 
 
 def safe_name(name: str, what: str = "name") -> str:
@@ -210,11 +216,17 @@ class Workspace:
     def register_run(self, name: str, path: Path, info: dict[str, Any] | None = None) -> None:
         self._upsert("runs", safe_name(name, "run name"), Path(path), info or {})
 
+    def unregister_run(self, name: str) -> None:
+        """Forget a run in the registry (its folder was deleted)."""
+        with self.db() as conn:
+            conn.execute("DELETE FROM runs WHERE name=?", (name,))
+
     def list_runs(self) -> list[dict[str, Any]]:
         """Registered runs plus run folders found on disk (e.g. made by the CLI elsewhere)."""
         runs = {r["name"]: r for r in self.registered("runs") if Path(r["path"]).is_dir()}
         for p in sorted(self.runs_dir.iterdir()) if self.runs_dir.is_dir() else []:
-            if p.is_dir() and p.name not in runs and (p / "config.yaml").exists():
+            if p.is_dir() and p.name not in runs and not p.name.startswith(".") \
+                    and (p / "config.yaml").exists():
                 st = p.stat()
                 runs[p.name] = {"name": p.name, "path": str(p), "created": st.st_ctime,
                                 "updated": st.st_mtime, "info": {}}

@@ -257,3 +257,93 @@ def test_reload_and_app_restart_during_a_run(home, tiny_models, page, cleanup):
         assert "me" in err and ("exist" in err.lower() or "not found" in err.lower())
     finally:
         app.stop()
+
+
+def finished_run(home: Path, name: str, lora: bool = True) -> Path:
+    """A finished run folder as the trainer leaves it (12 loss points, a checkpoint)."""
+    from studio.config import load_config
+    from studio.runs.folder import RunFolder
+    from studio.workspace import Workspace
+
+    run = RunFolder(home / "runs" / name)
+    run.path.mkdir(parents=True)
+    run.save_config(load_config(overrides=["data.resolution=64", "train.max_train_steps=12"]))
+    events = [{"type": "start", "step": 0, "total_steps": 12, "resumed_from": None}]
+    events += [{"type": "step", "step": s, "total_steps": 12, "loss": 0.5 + 0.05 * (s % 3),
+                "lr": 1e-4, "epoch": 0, "steps_per_s": 1.0, "eta_s": 12 - s, "mem_gb": 0.0}
+               for s in range(1, 13)]
+    events.append({"type": "end", "status": "finished", "step": 12, "message": "Finished."})
+    run.events_path.write_text("".join(json.dumps({"time": 1.0, **e}) + "\n" for e in events))
+    if lora:
+        (run.path / run.LORA).write_bytes(b"x")
+    Workspace(home).register_run(name, run.path)
+    return run.path
+
+
+def options(page, eid: str) -> list[str]:
+    page.locator(f"#{eid} input").click()
+    texts = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return [t.strip() for t in texts]
+
+
+def test_lists_simple_mode_disabled_buttons_legend_and_delete(home, tiny_models, page):
+    """Issue 13 in a browser, without training: lists after a reload and ↻, the simple mode on
+    top, buttons disabled with no run, the loss legend, a preset change that keeps an edit,
+    and the two-step delete."""
+    make_dataset(home)
+    app = start_app(home, tiny_models)
+    try:
+        page.goto(app.url)
+        open_train_tab(page)
+        # No run: nothing to cancel, resume, send or delete.
+        for eid in ("train-cancel", "train-resume", "train-send", "train-delete"):
+            assert page.locator(f"#{eid}").is_disabled(), eid
+        # The simple settings are on top, Advanced stays closed.
+        steps = page.locator("#train-cfg-train-max-train-steps input")
+        assert steps.is_visible() and steps.input_value() == "500"
+        assert not page.locator("#train-cfg-checkpoints-total-limit").is_visible()
+        # A preset change keeps the user's edit and says so.
+        steps.fill("45")
+        steps.press("Tab")
+        wait_until(lambda: "45 steps" in page.locator("#train-estimate").inner_text(), 30,
+                   "the estimate to follow the steps")
+        page.locator("#train-preset input").click()
+        page.get_by_role("option", name="style", exact=True).click()
+        wait_until(lambda: "Kept your changes" in page.locator("#train-preset-note").inner_text(),
+                   30, "the kept-changes note")
+        assert steps.input_value() == "45"
+        assert page.locator("#train-cfg-lora-rank input").input_value() == "32"
+
+        # Made after the page loaded: ↻ lists the dataset, a reload lists everything.
+        make_dataset(home, "later")
+        page.locator("#train-dataset-refresh").click()
+        wait_until(lambda: "later (4 images)" in options(page, "train-dataset"), 30, "↻")
+        finished_run(home, "done")
+        make_dataset(home, "third")
+        page.reload()
+        open_train_tab(page)
+        wait_until(lambda: "third (4 images)" in options(page, "train-dataset"), 30,
+                   "the dataset list after a reload")
+        wait_until(lambda: "finished" in status_text(page), 30, "the run after a reload", page)
+        assert page.locator("#train-send").is_enabled()
+        legend = page.locator("#train-loss svg text", has_text="smoothed")
+        wait_until(lambda: legend.count() > 0, 30, "the loss legend")
+        box, plot = legend.first.bounding_box(), page.locator("#train-loss").bounding_box()
+        assert box["y"] + box["height"] <= plot["y"] + plot["height"]  # not cut off
+        ticks = [t for t in page.locator("#train-loss svg text").all_text_contents()
+                 if re.fullmatch(r"[\d.]+", t)]
+        assert "1.5" not in ticks and "0.5" not in ticks[:3]
+
+        # Delete: the first click only asks; Keep keeps; Confirm deletes.
+        page.locator("#train-delete").click()
+        page.locator("#train-delete-keep").click()
+        assert (home / "runs" / "done").is_dir()
+        page.locator("#train-delete").click()
+        page.locator("#train-delete-confirm").click()
+        wait_until(lambda: "Deleted run" in page.locator("#train-delete-status").inner_text(),
+                   30, "the deletion")
+        assert not (home / "runs" / "done").exists()
+        assert not any("done" in o for o in options(page, "train-runs"))
+    finally:
+        app.stop()

@@ -169,6 +169,32 @@ class JobService:
             table.requeue(conn, job.id, time.time())
         return self.get(job_id)
 
+    # ---- delete ----------------------------------------------------------------------------------
+    def delete_run(self, run_dir: str | Path) -> str:
+        """Delete a run of this workspace: its jobs, its folder and its registry entry; its name.
+        Refused (:class:`JobError`) for a folder outside the workspace's runs and for a run a
+        job is training or waiting to train (cancel it first)."""
+        text = str(run_dir or "").strip()
+        path = Path(text).expanduser()
+        try:
+            link = self.ws.run_path(path.name)  # runs/NAME, with NAME a safe name
+        except WorkspaceError as exc:
+            raise JobError(str(exc)) from exc
+        if not text or link.is_symlink() or not link.is_dir() or path.resolve() != \
+                link.resolve() or link.resolve().parent != self.ws.runs_dir.resolve():
+            raise JobError(f"{text!r} is not a run of this workspace.")
+        folder = RunFolder(link)
+        with table.transaction(self.ws) as conn:  # no scheduler starts it meanwhile
+            job = table.latest_for_run(conn, folder.path)
+            if job is not None and job.state in ("queued", "running"):
+                raise JobError(f"Run {folder.name!r} is {job.state}; cancel it first, then "
+                               "delete it.")
+            table.delete_for_run(conn, folder.path)
+        folder.delete()
+        self.ws.unregister_run(folder.name)
+        log.info("deleted run %s", folder.path)
+        return folder.name
+
     # ---- the scheduler -------------------------------------------------------------------------
     def reconcile(self) -> list[Job]:
         """Bring the table in line with reality and start the next queued job when no job runs.

@@ -200,6 +200,11 @@ def set_launch_failed(conn: sqlite3.Connection, job_id: int, *, now: float, erro
                  "command=? WHERE id=?", (now, now, error, command, job_id))
 
 
+def delete_for_run(conn: sqlite3.Connection, run_dir: str | Path) -> int:
+    """Forget every job of a run (its folder is being deleted); how many there were."""
+    return conn.execute("DELETE FROM jobs WHERE run_dir=?", (str(Path(run_dir)),)).rowcount
+
+
 def set_ended(conn: sqlite3.Connection, job_id: int, *, state: str, now: float,
               exit_code: int | None, error: str | None, resumable: bool) -> None:
     conn.execute("UPDATE jobs SET state=?, ended=?, exit_code=?, error=?, resumable=? WHERE id=?",

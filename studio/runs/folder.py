@@ -169,6 +169,17 @@ class RunFolder:
     def has_lora(self) -> bool:
         return self.lora_path.is_file()
 
+    def delete(self) -> None:
+        """Remove the run folder and everything in it (the job service first checks that no
+        job trains it). Renamed away first, so a half-deleted folder is never listed as a run."""
+        import shutil
+
+        if self.path.is_symlink() or not self.path.is_dir():
+            raise RunError(f"{self.path} is not a run folder.")
+        doomed = self.path.with_name(f".{self.path.name}.deleting-{os.getpid()}")
+        self.path.rename(doomed)
+        shutil.rmtree(doomed)
+
     # ---- config -----------------------------------------------------------------------------
     def config(self):
         """The run's :class:`~studio.config.TrainConfig` (migrated to the current version)."""

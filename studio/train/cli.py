@@ -32,7 +32,8 @@ def add_cli(sub) -> None:
                    "or Hub dataset id")
     p.add_argument("--out", help="run folder (created); holds config.yaml, events.jsonl, "
                    "checkpoints/, samples/ and the final LoRA")
-    p.add_argument("--preset", help="preset name (presets/NAME.yaml) or YAML path")
+    p.add_argument("--preset", help="preset name (presets/NAME.yaml, or one saved in "
+                   "STUDIO_HOME/presets from the Train tab) or YAML path")
     p.add_argument("--config", help="full or partial config YAML (e.g. RUN/config.yaml)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE",

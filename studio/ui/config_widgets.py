@@ -19,6 +19,22 @@ from studio.config import ConfigError
 
 # Config fields the Train tab fills itself (the dataset picker, the run folder, the version).
 SKIP_FIELDS = {"output_dir", "data.dataset", "config_version"}
+# Section -> (title, what it holds): the Advanced accordions and the prefix of their labels.
+SECTIONS = {"general": ("General", ""), "model": ("Model", "Base model and VAE."),
+            "data": ("Data", "How the images are read, resized and augmented."),
+            "lora": ("LoRA", "The LoRA layers: which, how large, how initialised."),
+            "train": ("Training", "Optimizer, schedule, precision and speed."),
+            "checkpoints": ("Checkpoints", "Resumable snapshots during the run."),
+            "validation": ("Validation", "Sample images during and after the run."),
+            "logging": ("Logging", "Experiment trackers.")}
+
+
+def field_label(key: str) -> str:
+    """"checkpoints.every_n_steps" -> "Checkpoints: every n steps": the label names its section
+    (two sections both have every_n_steps)."""
+    section, _, name = key.rpartition(".")
+    title = SECTIONS.get(section or "general", (section.title(), ""))[0]
+    return f"{title}: {name.replace('_', ' ')}"
 
 
 def config_fields(model_cls) -> list[tuple[str, list[tuple[str, Any]]]]:
@@ -147,10 +163,11 @@ def preset_note(preset: str | None) -> str:
     return " ".join(lines)
 
 
-def make_widget(key: str, kind: str, extra: Any, info: Any, value: Any) -> gr.components.Component:
+def make_widget(key: str, kind: str, extra: Any, info: Any, value: Any,
+                label: str | None = None) -> gr.components.Component:
     """The widget for one config field (elem_id ``train-cfg-SECTION-FIELD``)."""
-    label = key.split(".", 1)[-1]
-    help_text = (info.description or "")[:200] or None
+    label = label or field_label(key)
+    help_text = (getattr(info, "description", None) or info or "")[:300] or None
     eid = "train-cfg-" + key.replace(".", "-").replace("_", "-")
     if kind == "bool":
         return gr.Checkbox(value=bool(value), label=label, info=help_text, elem_id=eid)
@@ -166,13 +183,19 @@ def make_widget(key: str, kind: str, extra: Any, info: Any, value: Any) -> gr.co
                       placeholder="(empty)" if kind == "text_opt" else None)
 
 
-def build_config_widgets(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list]:
-    """One accordion per config section with a widget per field, filled with ``values``.
-    Returns ([(dotted key, kind), ...], [widget, ...]) in the same order."""
+def build_config_widgets(values: dict[str, Any], skip: set[str] | frozenset = frozenset()
+                         ) -> tuple[list[tuple[str, str]], list]:
+    """One accordion per config section with a widget per field (except ``skip``: the fields
+    shown elsewhere), filled with ``values``. Returns ([(dotted key, kind), ...], [widget, ...])
+    in the same order."""
     keys: list[tuple[str, str]] = []
     widgets: list[gr.components.Component] = []
     for section, items in config_fields(cfgmod.TrainConfig):
-        with gr.Accordion(section, open=False):
+        items = [(k, fi) for k, fi in items if k not in skip]
+        title, about = SECTIONS.get(section, (section.title(), ""))
+        with gr.Accordion(title, open=False, elem_id=f"train-section-{section}"):
+            if about:
+                gr.Markdown(about)
             for key, info in items:
                 kind, extra = widget_kind(info.annotation)
                 widgets.append(make_widget(key, kind, extra, info, values.get(key)))

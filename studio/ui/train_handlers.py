@@ -20,17 +20,13 @@ from studio.runs.export import export_checkpoint
 from studio.runs.folder import RunFolder
 from studio.runs.monitor import get_monitor
 from studio.train.compare import compare_grid, compare_settings, validation_pairs
-from studio.ui.config_widgets import (
-    extra_lines,
-    overrides_from_widgets,
-    preset_note,
-    preset_values,
-    widget_value,
-)
+from studio.ui.config_widgets import extra_lines, overrides_from_widgets, preset_note, preset_values
 from studio.ui.context import AppContext
+from studio.ui.train_simple import kept_note, refill
 from studio.ui.train_view import (
     dataset_choices,
     estimate_markdown,
+    loss_axis,
     loss_frame,
     preferred_run,
     run_choices,
@@ -63,6 +59,15 @@ class TrainHandlers:
     def refresh_datasets(self) -> dict:
         return gr.update(choices=dataset_choices(self.ctx))
 
+    def select_dataset(self, dataset: str | None) -> tuple:
+        """(dataset dropdown, tabs): the Train tab opened with ``dataset`` (a workspace dataset's
+        name or folder) picked, e.g. from the Dataset tab's "Train on this dataset"."""
+        choices = dataset_choices(self.ctx)
+        text = str(dataset or "").strip()
+        value = next((path for label, path in choices if text and (
+            path == text or Path(path).name == Path(text).name)), None)
+        return gr.update(choices=choices, value=value), gr.Tabs(selected="train")
+
     def estimate(self, preset: str | None, overrides: list[str]) -> str:
         try:
             cfg = cfgmod.load_config(preset=preset or None, overrides=overrides)
@@ -76,13 +81,22 @@ class TrainHandlers:
             if self.widget_keys else []
         return ovr + extra_lines(extra)
 
-    def on_preset(self, preset: str | None, extra: str | None) -> list:
-        """A preset was picked: its note, its values in the widgets (and in the state the
-        overrides are computed against), the estimate."""
+    def on_preset(self, preset: str | None, extra: str | None, old: dict | None,
+                  *wvals) -> list:
+        """A preset was picked: its note, its values in the widgets the user did not change (the
+        changed ones keep the user's value, and the note says so), the state the overrides are
+        computed against, the estimate. A preset that does not load changes no field."""
         pv = preset_values(preset)
-        updates = [gr.update(value=widget_value(kind, pv.get(key)))
-                   for key, kind in self.widget_keys]
-        return [pv, preset_note(preset), self.estimate(preset, extra_lines(extra)), *updates]
+        if not pv:
+            return [gr.skip(), self.estimate(preset, []), gr.skip(),
+                    *[gr.skip()] * len(self.widget_keys)]
+        updates, kept = refill(self.widget_keys, list(wvals), old or {}, pv)
+        shown = {k: v for (k, _), v in zip(self.widget_keys, wvals, strict=True)}
+        try:
+            estimate = self.estimate(preset, self.overrides(pv, extra, wvals))
+        except StudioError as exc:
+            estimate = _warn(exc)
+        return [pv, preset_note(preset) + kept_note(kept, shown), estimate, *updates]
 
     def on_estimate(self, preset: str | None, extra: str | None, pvalues: dict | None,
                     *wvals) -> str:
@@ -128,8 +142,9 @@ class TrainHandlers:
         (``seen`` remembers per page what the client shows)."""
         seen = dict(seen_state or {})
         run_dir, runs_up = self._runs_update(run_dir, seen)
+        off = gr.update(interactive=False)
         if not run_dir:
-            return (runs_up, NO_RUN, "", *[gr.skip()] * 6, seen)
+            return (runs_up, NO_RUN, "", *[gr.skip()] * 4, off, off, off, off, seen)
         job = self.service.job_for_run(run_dir)
         view = get_monitor(run_dir).poll(job)
         if seen.get("run") != run_dir:
@@ -140,7 +155,9 @@ class TrainHandlers:
         can_cancel = job is not None and job.state in ("queued", "running")
         can_resume = job is not None and job.state in ("failed", "cancelled")
         return (runs_up, status_markdown(view, pos), err, *self._changed(view, seen),
-                gr.update(interactive=can_cancel), gr.update(interactive=can_resume), seen)
+                gr.update(interactive=can_cancel), gr.update(interactive=can_resume),
+                gr.update(interactive=RunFolder(run_dir).has_lora()),
+                gr.update(interactive=not can_cancel), seen)
 
     def refresh(self, run_dir: str | None, seen_state: dict | None) -> tuple:
         return self.tick(run_dir, {})
@@ -166,7 +183,8 @@ class TrainHandlers:
         plot_sig = [len(view.loss), view.loss[-1].step if view.loss else None,
                     view.loss[-1].loss if view.loss else None]
         for key, sig, make in (
-                ("plot", plot_sig, lambda: loss_frame(view)),
+                ("plot", plot_sig, lambda: gr.update(value=loss_frame(view),
+                                                     x_lim=loss_axis(view))),
                 ("samples", [p for p, _ in sv], lambda: sv),
                 ("log", view.log_tail, lambda: view.log_tail),
                 ("ckpts", ck, lambda: gr.update(choices=ck, value=ck[-1] if ck else None))):
@@ -186,8 +204,9 @@ class TrainHandlers:
             job = self.service.cancel(job.id)
         except StudioError as exc:
             return _warn(exc)
-        return ("⏹️ Cancelled." if job.state == "cancelled" else
-                "⏹️ Stopping: the trainer saves a checkpoint, then exits.")
+        return ("⏹️ Cancelled; press Resume to continue." if job.state == "cancelled" else
+                "⏹️ Stopping: the trainer saves a checkpoint, then exits; press Resume to "
+                "continue from it.")
 
     def on_resume(self, run_dir: str | None) -> str:
         job = self.service.job_for_run(run_dir) if run_dir else None

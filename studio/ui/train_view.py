@@ -9,12 +9,18 @@ from typing import Any
 import pandas as pd
 
 from studio.dataset.store import list_datasets
-from studio.runs.monitor import RunView, format_duration, get_monitor, measured_seconds_per_step
+from studio.runs.monitor import RunView, format_duration, get_monitor
+from studio.runs.speed import machine_speed
 from studio.ui.context import AppContext
 
 STATE_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌",
                "cancelled": "⏹️", "interrupted": "⚠️", "unknown": "❔"}
 LOSS_COLUMNS = ["step", "loss", "series"]
+# The loss chart's step axis spans at least this many steps, so its ticks are whole steps.
+MIN_STEP_AXIS = 30
+# The trainer's CLI wording for a resume, and what a browser user does instead.
+CLI_RESUME = "resume with --resume latest"
+UI_RESUME = "press Resume to continue"
 
 
 def dataset_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -48,11 +54,32 @@ def preferred_run(choices: list[tuple[str, str]], service: Any) -> str:
     return paths[0]
 
 
-def loss_frame(view: RunView) -> pd.DataFrame:
-    rows = [{"step": p.step, "loss": p.loss, "series": "raw"} for p in view.loss]
-    rows += [{"step": p.step, "loss": s, "series": "smoothed"}
-             for p, s in zip(view.loss, view.smoothed, strict=True)]
-    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+def loss_frame(view: RunView | None = None) -> pd.DataFrame:
+    """The loss chart's data: a "raw" and a "smoothed" row per step, after one empty (NaN) row of
+    each series. The chart builds its colours and legend from the series in its first data
+    (Gradio's plot does not rebuild them when only the data changes), so both series are
+    there from the start, and the columns are typed (an untyped empty frame makes the axes
+    categories)."""
+    points = view.loss if view is not None else []
+    smoothed = list(view.smoothed) if view is not None else []
+    return pd.DataFrame({
+        "step": pd.Series([0, 0] + [p.step for p in points] * 2, dtype="int64"),
+        "loss": pd.Series([float("nan")] * 2 + [p.loss for p in points] + smoothed,
+                          dtype="float64"),
+        "series": pd.Series(["raw", "smoothed"] + ["raw"] * len(points)
+                            + ["smoothed"] * len(smoothed), dtype=str)})
+
+
+def loss_axis(view: RunView) -> list[int]:
+    """[0, last step shown]: the whole run when its length is known, never fewer than
+    MIN_STEP_AXIS steps (so the chart never ticks at fractional steps)."""
+    last = max([view.total_steps or 0, view.loss[-1].step if view.loss else 0, MIN_STEP_AXIS])
+    return [0, int(last)]
+
+
+def ui_message(text: str) -> str:
+    """A trainer message as the browser shows it (the Resume button, not the CLI flag)."""
+    return text.replace(CLI_RESUME, UI_RESUME)
 
 
 def status_markdown(view: RunView, queue_pos: int | None = None) -> str:
@@ -73,11 +100,11 @@ def status_markdown(view: RunView, queue_pos: int | None = None) -> str:
     lines = [" · ".join(parts),
              f"checkpoints: {', '.join(map(str, ck)) if ck else 'none yet'}"]
     if view.message and view.status in ("queued", "finished", "cancelled"):
-        lines.append(str(view.message))
+        lines.append(ui_message(str(view.message)))
     if view.status == "cancelled":
         lines.append("Resume continues from the last checkpoint.")
-    for w in view.warnings[-2:]:
-        lines.append(f"⚠️ {w}")
+    for w in list(dict.fromkeys(view.warnings))[-2:]:  # a resumed run repeats its warnings
+        lines.append(f"⚠️ {ui_message(w)}")
     return "\n\n".join(lines)
 
 
@@ -94,17 +121,18 @@ def samples_value(view: RunView) -> list[tuple[str, str]]:
 
 
 def estimate_markdown(ctx: AppContext, cfg) -> str:
-    """How long a training with ``cfg`` (a TrainConfig) takes, from the speed a finished run on
-    this machine measured."""
-    steps = cfg.train.max_train_steps
+    """How long a training with ``cfg`` (a TrainConfig) takes, from the speed runs on this
+    machine measured (same resolution and batch size, else scaled by pixels per step)."""
+    steps, res = cfg.train.max_train_steps, cfg.data.resolution
     if not steps:
         return "Estimated time: unknown (the length is set in epochs)."
-    measured = measured_seconds_per_step(ctx.workspace.runs_dir, cfg.data.resolution,
-                                         cfg.train.batch_size)
-    if measured is None:
-        return (f"**{steps} steps** at {cfg.data.resolution} px. Estimated time: unknown until "
-                "a first run on this machine has measured its speed.")
-    sps, run = measured
-    return (f"**{steps} steps** at {cfg.data.resolution} px: about "
-            f"**{format_duration(steps * sps)}** of training ({sps:.2f} s/step measured by run "
-            f"{run}; validation images and model loading come on top).")
+    speed = machine_speed(ctx.workspace.runs_dir, res, cfg.train.batch_size)
+    if speed is None:
+        return (f"**{steps} steps** at {res} px. Estimated time: unknown until a first run on "
+                "this machine has measured its speed.")
+    how = (f"scaled by pixels from run {speed.run} at {speed.resolution} px, batch "
+           f"{speed.batch_size}" if speed.scaled else f"measured by run {speed.run}")
+    return (f"**{steps} steps** at {res} px: about "
+            f"**{format_duration(steps * speed.seconds_per_step)}** of training "
+            f"({speed.seconds_per_step:.2f} s/step, {how}; validation images and model loading "
+            "come on top).")
