@@ -9,7 +9,9 @@ manifest, the manifest's "likeness" entry and the model card's Likeness section 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,19 +36,35 @@ class RunLikeness:
         """The manifest's and likeness.json's "likeness" entry."""
         prompts = next((list(r.bleed_prompts) for r in reversed(self.rows) if r.bleed_prompts),
                        [])
-        return {"engine": "dlib", "max_bleed": self.max_bleed, "bleed_prompts": prompts,
+        return {"time": round(time.time(), 3), "engine": "dlib", "max_bleed": self.max_bleed, "bleed_prompts": prompts,
                 "checkpoints": [r.to_event() for r in self.rows if r.step in self.checkpoints],
                 "steps": [r.to_event() for r in self.rows],
                 "proposed": self.proposal.step, "reason": self.proposal.reason}
 
 
+def saved(run: RunFolder) -> dict[str, Any]:
+    """``likeness.json`` ({} when missing or unreadable)."""
+    try:
+        data = json.loads(run.likeness_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def step_scores(run: RunFolder) -> list[StepScore]:
-    """One row per scored step, from the run's "likeness" events (the last one of a step)."""
-    by_step: dict[int, StepScore] = {}
+    """One row per scored step: the run's "likeness" events (the last one of a step), and the
+    rows of likeness.json (``python -m studio score``) where they are newer."""
+    by_step: dict[int, tuple[float, StepScore]] = {}
     for e in run.events():
         if e.get("type") == "likeness" and isinstance(e.get("step"), int):
-            by_step[e["step"]] = StepScore.from_event(e)
-    return [by_step[s] for s in sorted(by_step)]
+            by_step[e["step"]] = (float(e.get("time") or 0), StepScore.from_event(e))
+    data = saved(run)
+    when = float(data.get("time") or 0)
+    for r in data.get("steps") or []:
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and \
+                by_step.get(r["step"], (0.0, None))[0] <= when:
+            by_step[r["step"]] = (when, StepScore.from_event(r))
+    return [by_step[s][1] for s in sorted(by_step)]
 
 
 def run_likeness(run: RunFolder, rows: list[StepScore] | None = None,
@@ -100,3 +118,13 @@ def use_best(run_dir, max_bleed: float = MAX_BLEED) -> tuple[int, str]:
     export_checkpoint(run.path, result.proposal.step)
     record(run, result.rows, max_bleed)
     return result.proposal.step, result.proposal.reason
+
+
+def card_lines(run: RunFolder, step: int | None = None) -> list[str]:
+    """The Likeness section of a card for the run's LoRA (``step`` None) or checkpoint
+    ``step``: its scores, the proposal and how they were measured ([] when not scored)."""
+    from studio.identity.scores import card_section
+
+    manifest = run.manifest()
+    entry = saved(run) or manifest.get("likeness") or {}
+    return card_section(entry, manifest.get("steps") if step is None else step)
