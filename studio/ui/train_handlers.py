@@ -28,6 +28,7 @@ from studio.ui.config_widgets import (
     widget_value,
 )
 from studio.ui.context import AppContext
+from studio.ui.train_likeness import cell_scores
 from studio.ui.train_view import (
     dataset_choices,
     estimate_markdown,
@@ -216,8 +217,9 @@ class TrainHandlers:
                                 progress=lambda d, n: progress(d / n, desc=f"{d}/{n} images"))
         except StudioError as exc:
             return gr.skip(), _warn(exc), gr.skip()
-        cells = [(str(c.path), f"checkpoint {c.step} · seed {c.seed} · {c.prompt[:40]}")
-                 for row in rows for c in row]
+        scores = cell_scores(run_dir, [c.path for row in rows for c in row])
+        cells = [(str(c.path), f"checkpoint {c.step} · seed {c.seed} · {c.prompt[:40]}"
+                  f"{scores.get(c.path, '')}") for row in rows for c in row]
         reused = sum(c.reused for row in rows for c in row)
         steps = [str(r[0].step) for r in rows]
         return (gr.update(value=cells, columns=max(1, len(pairs))),

@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import config as cfgmod
+from studio.ui import train_likeness
 from studio.ui.config_widgets import build_config_widgets, preset_note, preset_values
 from studio.ui.context import AppContext
 from studio.ui.train_handlers import TrainHandlers
@@ -83,6 +84,7 @@ def _live_column(c: dict) -> None:
     c["plot"] = gr.LinePlot(value=pd.DataFrame(columns=LOSS_COLUMNS), x="step", y="loss",
                             color="series", label="Loss", elem_id="train-loss", height=260,
                             color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
+    train_likeness.build(c)
     c["samples"] = gr.Gallery(label="Validation samples (newest first)", columns=4, height=260,
                               elem_id="train-samples", object_fit="contain")
     c["log"] = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log",
@@ -155,6 +157,7 @@ def build(ctx: AppContext) -> dict:
     c["handlers"] = h = TrainHandlers(ctx, c["widget_keys"], can_train, why_not)
     _wire_start(h, c)
     _wire_live(h, c)
+    train_likeness.wire(ctx, c)
     return c
 
 
