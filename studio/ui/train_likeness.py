@@ -77,8 +77,8 @@ def cell_scores(run_dir: str | Path, paths: list[Path]) -> dict[Path, str]:
 # ---- layout and events ----------------------------------------------------------------------------
 def build(c: dict) -> None:
     """The likeness plot, the proposal and its buttons (called inside the live column)."""
-    c["likeness_plot"] = gr.LinePlot(
-        value=pd.DataFrame(columns=LIKENESS_COLUMNS), x="step", y="score", color="series",
+    c["likeness_plot"] = gr.LinePlot(  # None, not an empty frame: Gradio 6 then draws no line
+        value=None, x="step", y="score", color="series",
         label="Likeness and identity bleed", elem_id="train-likeness", height=220,
         color_map={"likeness": "#2ca25f", "bleed": "#de2d26"})
     c["best"] = gr.Markdown(elem_id="train-best")
@@ -115,7 +115,7 @@ def tick(run_dir: str | None, seen: Any) -> tuple:
     sig = [run_dir, text, [r.to_event() for r in rows]]
     if sig == seen:
         return gr.skip(), gr.skip(), seen
-    return likeness_frame(rows), text, sig
+    return (likeness_frame(rows) if rows else None), text, sig
 
 
 def on_use_best(run_dir: str | None) -> str:
