@@ -17,3 +17,13 @@ def test_bench_generate_tiny_runs():
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert [r["refiner"] for r in rows] == [False, True]
     assert all(r["s_per_image_median"] > 0 for r in rows)
+
+
+def test_bench_identity_runs():
+    res = subprocess.run([sys.executable, "benchmarks/bench_identity.py", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    assert row["embed_1024_s"] > 0 and row["embed_crop_s"] > 0
+    for label, n in (("one_person", 4), ("mixed", 6)):
+        assert row[label]["photos"] == n and row[label]["dataset_added_s_per_photo"] > 0

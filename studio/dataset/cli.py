@@ -1,4 +1,5 @@
-"""``python -m studio prepare INPUT... --out DATASET_DIR``: photos -> dataset (same core as the UI)."""
+"""``python -m studio prepare INPUT... --out DATASET_DIR``: photos -> dataset (same core as the UI);
+``python -m studio score-photos FOLDER_OR_DATASET``: does a photo set show one person?"""
 
 from __future__ import annotations
 
@@ -37,6 +38,28 @@ def add_cli(sub) -> None:
     p.add_argument("--name", help="dataset name (default: the folder name)")
     p.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=_cmd_prepare)
+    s = sub.add_parser("score-photos", help="check that a photo set shows one person",
+                       description="Measure every photo's face against the set's identity (dlib "
+                                   "face embeddings; same person is below 0.6) and name the "
+                                   "photos of someone else. Exit 0: one person; 1: a photo to "
+                                   "check; 2: bad input.")
+    s.add_argument("target", type=Path, help="a folder (or zip) of photos, or a prepared dataset")
+    s.set_defaults(func=_cmd_score_photos)
+
+
+def _cmd_score_photos(args) -> int:
+    from studio.dataset.score import score_photos
+
+    report = score_photos(args.target)
+    print(report.table())
+    for r in report.rows:
+        if r.sentence and "does not look like" in r.sentence:
+            print(f"warning: {r.sentence}")
+    for w in report.warnings:
+        if "photo(s) do not look like the others" not in w:
+            print(f"warning: {w}")
+    print("one person." if report.one_person else "check the photos named above.")
+    return 0 if report.one_person else 1
 
 
 def _cmd_prepare(args) -> int:

@@ -191,15 +191,18 @@ def square_full(rgb: Image.Image, focus: tuple[float, float] | None = None,
 
 
 def crop_face(rgb: Image.Image, faces: list[Face], framing: str = DEFAULT_FRAMING,
-              out: int = CROP_SIZE) -> CropResult:
-    """Crop the largest face with the framing; no face -> the whole photo squared."""
+              out: int = CROP_SIZE, face: Face | None = None) -> CropResult:
+    """Crop ``face`` (default: the largest) with the framing; no face -> the whole photo
+    squared."""
     if framing not in FRAMING_CHOICES:
         raise DatasetError(f"Unknown framing {framing!r}; use one of {', '.join(FRAMING_CHOICES)}.")
     warnings: list[str] = []
-    # The largest face; among Haar detections, one whose eyes were found is more credible.
-    credible = [f for f in faces if f.left_eye is not None] or faces
-    face = max(credible, key=lambda f: f.size) if credible else None
-    if len(faces) > 1:
+    chosen = face is not None
+    if face is None:
+        # The largest face; among Haar detections, one whose eyes were found is more credible.
+        credible = [f for f in faces if f.left_eye is not None] or faces
+        face = max(credible, key=lambda f: f.size) if credible else None
+    if len(faces) > 1 and not chosen:
         warnings.append(f"{len(faces)} faces found; the largest was used. Use photos with only "
                         "you in them, or crop the others out.")
     if face is not None and face.size < TINY_FACE_PX:

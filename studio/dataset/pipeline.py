@@ -24,10 +24,13 @@ from studio.dataset.caption import (
 )
 from studio.dataset.captioners import DEFAULT_CAPTIONER, Captioner, get_captioner
 from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, CropResult, crop_face
-from studio.dataset.faces import FaceDetector, get_detector
+from studio.dataset.faces import Face, FaceDetector, get_detector
+from studio.dataset.identity import PhotoIdentity, apply_to_report, to_json
+from studio.dataset.identity_crop import Followed, follow_identity
 from studio.dataset.ingest import MIN_SIDE, IngestedImage, InputItem, ingest
 from studio.dataset.quality import ImageFacts, image_report, set_report
 from studio.dataset.store import DatasetInfo, Entry, write_dataset
+from studio.identity.engine import IdentityEngine, IdentityError, get_engine
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +74,16 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
                     captioner: str | Captioner | None = None, progress: Progress | None = None,
                     template: str = DEFAULT_TEMPLATE, no_face: str = "keep",
                     min_side: int = MIN_SIDE, name: str | None = None, overwrite: bool = False,
-                    workspace=None, captioner_kind: str = DEFAULT_CAPTIONER) -> PrepareResult:
+                    workspace=None, captioner_kind: str = DEFAULT_CAPTIONER,
+                    identity: str | IdentityEngine | None = "dlib") -> PrepareResult:
     """Turn photos into a dataset folder at ``out_dir``; never stops on one bad file.
 
     ``detector`` is "auto" | "retinaface" | "haar" or a :class:`FaceDetector`; ``captioner`` the
     model of a ``captioner_kind`` captioner (a Hub id/folder; default: STUDIO_CAPTION_MODEL) or a
-    :class:`Captioner`. ``no_face`` decides whether photos without a face are kept (square of the
-    whole photo) or dropped. Raises :class:`DatasetError` only when nothing usable remains or the
+    :class:`Captioner`. ``identity`` is the identity engine (a name, an engine, or None for no
+    identity checks) that embeds every crop, flags photos of someone else and picks the face
+    that matches the set in photos with several faces. ``no_face`` decides whether photos
+    without a face are kept (square of the whole photo) or dropped. Raises :class:`DatasetError` only when nothing usable remains or the
     settings are invalid.
     """
     def say(frac: float, msg: str) -> None:
@@ -96,8 +102,11 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
         notices += [notice] if notice else []
     else:
         det = detector
-    kept = _crop_all(ing.accepted, det, framing, no_face, outcomes,
-                     lambda f, m: say(0.25 + 0.35 * f, m))
+    detected = _crop_all(ing.accepted, det, framing, no_face, outcomes,
+                         lambda f, m: say(0.25 + 0.25 * f, m))
+    engine = _identity_engine(identity, notices)
+    followed = _follow(engine, detected, framing, lambda f, m: say(0.5 + 0.1 * f, m))
+    kept = [(img, f.crop) for (img, _, _), f in zip(detected, followed, strict=True)]
     if not kept:
         shown = "; ".join(f"{o.file}: {o.reason}" for o in outcomes[:5])
         more = f"; and {len(outcomes) - 5} more" if len(outcomes) > 5 else ""
@@ -111,7 +120,7 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
                       progress=lambda done, total: say(0.6 + 0.3 * done / total,
                                                        f"captioning {done}/{total}"))
     captions = [render(template, trigger, class_word, text) for text in raw]
-    entries, images_report = _entries(kept, captions, outcomes)
+    entries, images_report = _entries(kept, captions, outcomes, followed)
     report = {
         "images": images_report, "set": set_report(images_report), "notices": notices,
         "lint": lint_captions(captions, trigger, class_word, [e.file_name for e in entries]),
@@ -121,11 +130,13 @@ def prepare_dataset(inputs: Iterable[InputItem], out_dir: str | Path, trigger: s
                      "detector": getattr(det, "name", str(det)), "template": template,
                      "no_face": no_face, "min_side": min_side},
     }
+    cache = _identity_report(engine, entries, followed, report)
     say(0.92, "writing the dataset")
     meta = {"name": name or Path(out_dir).name, "trigger": trigger, "class_word": class_word,
             "template": template, "framing": framing, "detector": getattr(det, "name", "?"),
             "captioner": str(cap.source or ""), "version": 1}
-    ds = write_dataset(out_dir, entries, meta, report, overwrite=overwrite, workspace=workspace)
+    ds = write_dataset(out_dir, entries, meta, report, overwrite=overwrite, workspace=workspace,
+                       identity=cache)
     say(1.0, f"{len(entries)} image(s) ready")
     return PrepareResult(outcomes, notices, report, ds)
 
@@ -142,9 +153,45 @@ def _check_settings(trigger: str, class_word: str, framing: str, no_face: str,
     render(template, trigger, class_word, "x")  # validates the template
 
 
+def _identity_engine(identity: str | IdentityEngine | None,
+                     notices: list[str]) -> IdentityEngine | None:
+    """The identity engine, or None (with a notice when it cannot load)."""
+    if identity is None or not isinstance(identity, str):
+        return identity
+    try:
+        return get_engine(identity)
+    except IdentityError as exc:
+        notices.append(f"Notice: the photos are not checked for one person ({str(exc).rstrip('.')}).")
+        return None
+
+
+def _follow(engine: IdentityEngine | None,
+            detected: list[tuple[IngestedImage, list[Face], CropResult]], framing: str,
+            say: Progress) -> list[Followed]:
+    """Embed every crop and let crops follow the set's identity (without an engine: as is)."""
+    if engine is None:
+        return [Followed(crop, None, len(faces)) for _, faces, crop in detected]
+    return follow_identity(engine, [(img.image, faces, crop) for img, faces, crop in detected],
+                           framing, say)
+
+
+def _identity_report(engine: IdentityEngine | None, entries: list[Entry],
+                     followed: list[Followed], report: dict[str, Any]) -> dict[str, Any] | None:
+    """Distances and outlier warnings into the report; the embeddings to cache (or None)."""
+    if engine is None:
+        return None
+    apply_to_report(report, [PhotoIdentity(e.file_name, e.source,
+                                           f.embedding.vector if f.embedding else None, f.faces)
+                             for e, f in zip(entries, followed, strict=True)], engine.name)
+    return to_json({e.file_name: f.embedding for e, f in zip(entries, followed, strict=True)},
+                   engine.name)
+
+
 def _crop_all(accepted: list[IngestedImage], det: FaceDetector, framing: str, no_face: str,
-              outcomes: list[FileOutcome], say: Progress) -> list[tuple[IngestedImage, CropResult]]:
-    """Find the face in each photo and crop it; failures and drops go into ``outcomes``."""
+              outcomes: list[FileOutcome], say: Progress
+              ) -> list[tuple[IngestedImage, list[Face], CropResult]]:
+    """Find the faces in each photo and crop the largest; failures and drops go into
+    ``outcomes``."""
     kept = []
     for i, img in enumerate(accepted):
         say(i / max(len(accepted), 1), f"finding the face in {img.name}")
@@ -161,22 +208,24 @@ def _crop_all(accepted: list[IngestedImage], det: FaceDetector, framing: str, no
         if not faces and no_face == "drop":
             outcomes.append(FileOutcome(img.name, "dropped", "no face found (--no-face drop)"))
             continue
-        kept.append((img, crop))
+        kept.append((img, faces, crop))
     return kept
 
 
 def _entries(kept: list[tuple[IngestedImage, CropResult]], captions: list[str],
-             outcomes: list[FileOutcome]) -> tuple[list[Entry], list[dict[str, Any]]]:
+             outcomes: list[FileOutcome], followed: list[Followed]
+             ) -> tuple[list[Entry], list[dict[str, Any]]]:
     """The dataset entries (0001.png ...) and their quality reports; one outcome each."""
     entries: list[Entry] = []
     images_report: list[dict[str, Any]] = []
-    for idx, ((img, crop), caption) in enumerate(zip(kept, captions, strict=True), start=1):
+    for idx, ((img, crop), caption, fol) in enumerate(zip(kept, captions, followed, strict=True),
+                                                     start=1):
         file_name = f"{idx:04d}.png"
         facts = ImageFacts(file=file_name, source=img.name, size=img.original_size,
-                           crop=crop.image, faces=crop.faces_found,
+                           crop=crop.image, faces=fol.faces,
                            face_size=crop.face.size if crop.face else None,
                            crop_side=crop.source_side, upscaled=crop.upscaled,
-                           near_duplicate_of=img.near_duplicate_of)
+                           near_duplicate_of=img.near_duplicate_of, face_note=fol.note)
         rep = image_report(facts)
         rep["warnings"] += [w for w in crop.warnings if not _covered(w, rep["warnings"])]
         rep["notes"] = img.notes

@@ -55,6 +55,7 @@ class ImageFacts:
     crop_side: float
     upscaled: bool
     near_duplicate_of: str | None = None
+    face_note: str | None = None  # how the face was chosen among several (default: the largest)
 
 
 def image_report(f: ImageFacts) -> dict[str, Any]:
@@ -67,7 +68,8 @@ def image_report(f: ImageFacts) -> dict[str, Any]:
         warns.append("no face found: kept as a square of the whole photo; drop it unless the face "
                      "is clearly visible (turned faces may be missed by the Haar detector).")
     elif f.faces > 1:
-        warns.append(f"{f.faces} faces: the largest was used; prefer photos of only you.")
+        warns.append(f.face_note or f"{f.faces} faces: the largest was used; prefer photos of "
+                     "only you.")
     if f.face_size is not None and f.face_size < 80:
         warns.append(f"tiny face ({f.face_size:.0f} px): use a closer or higher-resolution photo.")
     if sharp < BLUR_MIN:

@@ -5,6 +5,7 @@
     DATASET/originals/0001.png ...       the normalised originals (no EXIF/GPS), same names
     DATASET/dataset.json                 name, trigger, class_word, template, hash, created, count, framing
     DATASET/report.json                  the quality report
+    DATASET/identity.json                face embeddings of the crops, valid for one dataset hash
 
 This module is the only code that reads or writes that layout: training reads prepared datasets
 through :func:`open_dataset`, :func:`content_hash` is the one dataset hash, and
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 IMAGES, ORIGINALS, METADATA = "images", "originals", "metadata.jsonl"
 INFO, REPORT = "dataset.json", "report.json"
+IDENTITY = "identity.json"
+"""Face embeddings of the crops (studio.dataset.identity); stamped with the dataset hash."""
 CAPTION_COLUMN = "text"
 """The caption column of metadata.jsonl (and the key of :attr:`DatasetInfo.entries`)."""
 LISTED = ("count", "trigger", "class_word", "hash", "framing")
@@ -115,8 +118,10 @@ def is_dataset(folder: str | Path) -> bool:
 
 
 def write_dataset(out_dir: str | Path, entries: list[Entry], meta: dict[str, Any],
-                  report: dict[str, Any], overwrite: bool = False, workspace=None) -> DatasetInfo:
-    """Write a complete dataset atomically (temp folder, then rename) and register it."""
+                  report: dict[str, Any], overwrite: bool = False, workspace=None,
+                  identity: dict[str, Any] | None = None) -> DatasetInfo:
+    """Write a complete dataset atomically (temp folder, then rename) and register it;
+    ``identity`` (face embeddings of the crops) is stored stamped with the new hash."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not (overwrite and is_dataset(out)):
         if not out.is_dir() or any(out.iterdir()):
@@ -141,6 +146,8 @@ def write_dataset(out_dir: str | Path, entries: list[Entry], meta: dict[str, Any
                      "sources": {e.file_name: e.source for e in entries}})
         atomic_write_json(tmp / INFO, info)
         atomic_write_json(tmp / REPORT, report)
+        if identity is not None:
+            atomic_write_json(tmp / IDENTITY, {**identity, "hash": info["hash"]})
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,6 +207,26 @@ def open_dataset(folder: str | Path) -> DatasetInfo:
     entries = [{"file_name": e["file_name"], "text": e.get("text", "")}
                for e in read_jsonl(folder / IMAGES / METADATA) if "file_name" in e]
     return DatasetInfo(folder.resolve(), info, entries, report)
+
+
+def read_identity(folder: str | Path) -> dict[str, Any] | None:
+    """The stored face embeddings when they belong to the dataset's current hash, else None
+    (missing, unreadable, or written before images or captions changed)."""
+    folder = Path(folder)
+    info = _read_info(folder)
+    try:
+        data = json.loads((folder / IDENTITY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info is None or not isinstance(data, dict) or data.get("hash") != info[0].get("hash"):
+        return None
+    return data
+
+
+def write_identity(folder: str | Path, identity: dict[str, Any]) -> None:
+    """Store face embeddings for the dataset's current hash."""
+    ds = open_dataset(folder)
+    atomic_write_json(ds.path / IDENTITY, {**identity, "hash": ds.info.get("hash")})
 
 
 def save_captions(folder: str | Path, captions: dict[str, str], drop: Iterable[str] = (),

@@ -26,6 +26,7 @@ from studio.dataset.faces import DETECTOR_CHOICES
 from studio.dataset.pipeline import prepare_dataset
 from studio.errors import StudioError
 from studio.ui.context import AppContext
+from studio.ui.dataset_identity import identity_markdown
 from studio.workspace import slugify
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def report_markdown(ds: store.DatasetInfo, notices: list[str] | None = None) -> 
                  for im in rep.get("images", []) for w in im.get("warnings", [])]
     if img_lines:
         blocks.append("**Images**\n\n" + "\n".join(img_lines))
+    blocks += [identity_markdown(rep)] if rep.get("identity") else []
     rejected = rep.get("rejected", [])
     if rejected:
         blocks.append("**Not used**\n\n" + "\n".join(f"- ❌ {r['file']}: {r['reason']}"
