@@ -186,7 +186,7 @@ class ValidationSection(_Section):
     guidance: float = Field(5.0, ge=0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field("", description="Negative prompt of validation images.")
     likeness: bool | None = Field(None, description="Score face likeness and identity bleed at "
-                                  "validations and checkpoints; empty: on when 3+ photos show a face.")
+                                  "validations and checkpoints; empty: on when 3+ photos show one person.")
     bleed_prompts: list[str] = Field(default_factory=list, description="Prompts without the trigger "
                                      "for identity bleed; empty means the class prompt.")
 

@@ -11,7 +11,7 @@ validation images of every validation and checkpoint (main process only).
   one log line, ``likeness.json``, the manifest and the model card.
 
 A failure here is logged and never stops training (the trainer's callbacks are a fan-out that
-catches). ``validation.likeness`` empty means on when at least 3 training photos show a face.
+catches). ``validation.likeness`` empty means on when at least 3 training photos look alike.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from studio.train.sampling import validation_prompts, write_samples
 
 log = logging.getLogger(__name__)
 
-MIN_FACES = 3  # training photos with a face needed to switch likeness on by itself
+MIN_FACES = 3  # look-alike training photos (an identity) that switch likeness on by itself
 
 
 def bleed_prompts(cfg, class_word: str | None) -> list[str]:
@@ -44,7 +44,7 @@ def wanted(setting: bool | None, subject: Subject) -> tuple[bool, str | None]:
         return False, ("validation.likeness is on but no training photo shows a face that "
                        "embeds; likeness is not measured." if setting else None)
     if setting is None:
-        return subject.faces >= MIN_FACES, None
+        return subject.group >= MIN_FACES, None
     return setting, None
 
 
@@ -61,10 +61,15 @@ def adapters_off(modules: list[Any]):
 
 
 def load_rgb(path) -> np.ndarray:
+    """An image as the identity model sees it: RGB, at most the dataset crops' embedding size."""
     from PIL import Image
 
+    from studio.dataset.identity import EMBED_SIDE
+
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        im = im.convert("RGB")
+        im.thumbnail((EMBED_SIDE, EMBED_SIDE), Image.Resampling.BILINEAR)
+        return np.asarray(im)
 
 
 class LikenessHook(TrainCallbacks):
@@ -93,7 +98,8 @@ class LikenessHook(TrainCallbacks):
             return None
         try:
             engine = get_engine()
-            subject = subject_of(trainer.ds.examples, engine, trainer.ds.hash)
+            subject = subject_of(trainer.ds.examples, engine, trainer.ds.hash,
+                                 trainer.cfg.data.dataset)
         except Exception as exc:  # noqa: BLE001 - likeness is an extra: say why, train on
             trainer.cb.on_log("warning", f"Likeness is not measured: {exc}")
             return None
@@ -105,8 +111,8 @@ class LikenessHook(TrainCallbacks):
         save_subject(trainer.folder, subject)
         hook = cls(trainer, subject, engine)
         trainer.cb.items.insert(0, hook)
-        trainer.cb.on_log("info", f"Likeness: scoring against {subject.faces} of "
-                                  f"{subject.images} training photos with a face.")
+        trainer.cb.on_log("info", f"Likeness: scoring against the face of {subject.group} of "
+                                  f"the {subject.images} training photos (they look alike).")
         return hook
 
     # ---- callbacks -----------------------------------------------------------------------

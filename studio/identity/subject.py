@@ -1,6 +1,7 @@
-"""The subject of a run: the mean face embedding of its training photos.
+"""The subject of a run: the face identity of its training photos.
 
-Computed once from the dataset the run trains on (the largest face of each photo) and kept in
+The mean embedding of the largest group of look-alike photos (:mod:`studio.dataset.identity`;
+a prepared dataset's crop embeddings come from its cache), computed once and kept in
 the run folder (``RunFolder.identity_path``), so a run is scored against the photos it was
 trained on even after its dataset changed or moved. A dataset without faces has no subject:
 likeness is then off unless it was asked for (``validation.likeness``).
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from studio.fsutil import atomic_write_json
-from studio.identity.engine import IdentityEngine, center, get_engine
+from studio.identity.engine import IdentityEngine, get_engine
 from studio.runs.folder import RunError, RunFolder
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,11 @@ class Subject:
     images: int
     engine: str
     dataset_hash: str | None = None
+    group: int = 0              # photos in the largest look-alike group (the identity)
 
     def to_json(self) -> dict[str, Any]:
         return {"engine": self.engine, "faces": self.faces, "images": self.images,
-                "dataset_hash": self.dataset_hash,
+                "group": self.group, "dataset_hash": self.dataset_hash,
                 "vector": None if self.vector is None else [round(float(v), 6)
                                                             for v in self.vector]}
 
@@ -40,23 +42,46 @@ class Subject:
     def from_json(cls, d: dict[str, Any]) -> Subject:
         vec = d.get("vector")
         return cls(None if vec is None else np.asarray(vec, np.float32), int(d.get("faces") or 0),
-                   int(d.get("images") or 0), str(d.get("engine")), d.get("dataset_hash"))
+                   int(d.get("images") or 0), str(d.get("engine")), d.get("dataset_hash"),
+                   int(d.get("group") or 0))
 
 
 def embed_images(images, engine: IdentityEngine) -> list[np.ndarray | None]:
-    """The largest face's embedding of each PIL image (None where no face embeds)."""
+    """The largest face's embedding of each PIL image (None where no face embeds), embedded at
+    the dataset's crop size."""
+    from studio.dataset.identity import embed_image
+
     out = []
     for im in images:
-        faces = engine.embed(np.asarray(im.convert("RGB")))
+        faces = embed_image(engine, im)
         out.append(faces[0].vector if faces else None)
     return out
 
 
-def subject_of(examples, engine: IdentityEngine, dataset_hash: str | None = None) -> Subject:
-    """The subject of training ``examples`` (``studio.dataset.sources.Example``)."""
-    vecs = [v for v in embed_images((ex.load() for ex in examples), engine) if v is not None]
-    return Subject(center(vecs) if vecs else None, len(vecs), len(examples), engine.name,
-                   dataset_hash)
+def subject_from(vectors: list[np.ndarray | None], images: int, engine: str,
+                 dataset_hash: str | None) -> Subject:
+    """The set's identity: the mean of its largest group of look-alike photos, so one photo
+    of someone else does not move it (studio.dataset.identity)."""
+    from studio.dataset.identity import group, identity_center
+
+    return Subject(identity_center(vectors), sum(v is not None for v in vectors), images,
+                   engine, dataset_hash, len(group(vectors)))
+
+
+def subject_of(examples, engine: IdentityEngine, dataset_hash: str | None = None,
+               folder: str | None = None) -> Subject:
+    """The subject of training ``examples`` (``studio.dataset.sources.Example``); a prepared
+    dataset ``folder`` gives its cached crop embeddings instead."""
+    from studio.dataset import store
+
+    if folder and store.is_dataset(folder):
+        from studio.dataset.identity import dataset_embeddings
+
+        found = list(dataset_embeddings(folder, engine).values())
+        vecs = [f.vector if f is not None else None for f in found]
+    else:
+        vecs = embed_images((ex.load() for ex in examples), engine)
+    return subject_from(vecs, len(examples), engine.name, dataset_hash)
 
 
 def dataset_subject(cfg, engine: IdentityEngine) -> Subject:
@@ -65,7 +90,7 @@ def dataset_subject(cfg, engine: IdentityEngine) -> Subject:
 
     d = cfg.data
     ds = load_dataset(d.dataset or "", d.image_column, d.caption_column)
-    return subject_of(ds.examples, engine, ds.hash)
+    return subject_of(ds.examples, engine, ds.hash, d.dataset)
 
 
 def save_subject(run: RunFolder, subject: Subject) -> None:

@@ -19,8 +19,8 @@ from studio.identity.scores import NO_FACE, StepScore
 from studio.runs.folder import RunFolder
 
 LIKENESS_COLUMNS = ["step", "score", "series"]
-NOT_MEASURED = ("Likeness is not measured for this run (fewer than 3 training photos show a "
-                "face, or validation.likeness is off); **Score checkpoints** measures it.")
+NOT_MEASURED = ("Likeness is not measured for this run (fewer than 3 training photos show one "
+                "person, or validation.likeness is off); **Score checkpoints** measures it.")
 
 
 def likeness_frame(rows: list[StepScore]) -> pd.DataFrame:
