@@ -131,3 +131,12 @@ def test_cli_prints_the_table_and_writes_likeness_json(run, capsys):
     assert (run / "likeness.json").is_file()
     assert main(["score", str(run), "--checkpoint", "250"]) == 2
     assert "no complete checkpoint at step 250" in capsys.readouterr().err
+
+
+def test_training_photos_without_a_face_are_one_sentence(run):
+    from studio.identity.subject import Subject, save_subject
+    from studio.runs.folder import RunError, RunFolder
+
+    save_subject(RunFolder(run), Subject(None, 0, 4, "dlib"))
+    with pytest.raises(RunError, match="show no face the identity model can embed, so there"):
+        score_run(run, NoGenerator())

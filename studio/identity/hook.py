@@ -121,21 +121,30 @@ class LikenessHook(TrainCallbacks):
 
     def on_sample(self, info):
         step = int(info["step"])
-        if not str(info.get("path", "")).startswith(self.t.folder.SAMPLES + "/"):
-            return
         got = self.pending.setdefault(step, [])
         got.append(info)
         if len(got) >= self.per_round:
             del self.pending[step]
-            self.score(step, got)
+            self._safely(step, lambda: self.score(step, got))
 
     def on_checkpoint(self, info):
         step = int(info["step"])
-        v = self.t.cfg.validation
+        v, stop = self.t.cfg.validation, self.t.stop
         due = (v.every_n_steps and step % v.every_n_steps == 0) or (
             v.at_end and self.total is not None and step >= self.total)
-        if step not in self.scored and not due:
-            self.t._sample(step)
+        if step not in self.scored and not due and not (stop is not None and stop.is_set()):
+            self._safely(step, lambda: self.t._sample(step))  # a cancel does not wait for it
+
+    def _safely(self, step: int, work) -> None:
+        """Likeness never stops training: a failure is one warning."""
+        from studio.errors import first_line
+
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("likeness at step %s failed", step)
+            self.t.cb.on_log("warning", f"Likeness was not measured at step {step}: "
+                                        f"{first_line(exc)}")
 
     def on_end(self, info):
         if info.get("status") != "finished":

@@ -19,7 +19,7 @@ from studio.identity.engine import IdentityEngine, get_engine
 from studio.identity.hook import bleed_prompts, load_rgb
 from studio.identity.runscore import RunLikeness, record
 from studio.identity.subject import run_subject
-from studio.runs.folder import RunFolder
+from studio.runs.folder import RunError, RunFolder
 from studio.train.compare import Cell, base_cells, compare_grid, compare_settings, validation_pairs
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def score_run(run_dir: str | Path, generator: Any, steps: list[int] | None = Non
     for s in steps or []:
         run.checkpoint(s)  # a RunError naming the checkpoints there are
     subject = run_subject(run, engine).vector
+    if subject is None:
+        raise RunError(f"The training photos of the run {run.name} show no face the identity "
+                       "model can embed, so there is nothing to compare its images with.")
     settings = compare_settings(run.path)
     v = cfg.validation
     pairs = ([(p, v.seed + i) for p in prompts for i in range(v.num_images)] if prompts
@@ -72,8 +75,6 @@ def score_run(run_dir: str | Path, generator: Any, steps: list[int] | None = Non
     bleed_pairs = [(p, seed) for p in bleed for seed in seeds]
 
     def scored(paths) -> list[S.ImageScore]:
-        if subject is None:
-            return [S.ImageScore(None) for _ in paths]
         return [S.score_image(engine, load_rgb(p), subject) for p in paths]
 
     base = trainer_bleed(run, None, bleed_pairs) or _paths(
