@@ -105,6 +105,21 @@ def test_crop_follows_grace_hopper_in_her_set_even_when_the_detector_misses_her(
     assert result.report["identity"]["outliers"] == []
 
 
+def test_a_face_too_unclear_to_embed_is_noted_not_flagged(tmp_path):
+    """Haar still finds the face in a strongly blurred photo; dlib cannot measure it."""
+    from PIL import ImageFilter
+
+    blurred = dp.astronaut().resize((800, 800)).filter(ImageFilter.GaussianBlur(6))
+    _write(tmp_path / "in", {**dp.good_variants(), "blurred.png": blurred})
+    result = _prepare(tmp_path / "in", tmp_path / "ds")
+    got = _by_source(result)["blurred.png"]
+    assert got["faces"] == 1 and got["identity_distance"] is None
+    assert I.NOT_MEASURED in got["warnings"]
+    assert not any("does not look like" in w for w in got["warnings"])
+    assert result.report["identity"]["not_measured"] == [got["file"]]
+    assert result.report["identity"]["outliers"] == []
+
+
 def test_embeddings_are_cached_by_dataset_hash(tmp_path, people):
     _write(tmp_path / "in", dp.good_variants())
     ds = _prepare(tmp_path / "in", tmp_path / "ds").dataset

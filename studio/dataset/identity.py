@@ -132,7 +132,7 @@ def assess(photos: list[PhotoIdentity], engine_name: str = "dlib") -> dict[str, 
     g, dists = group(vectors), set_distances(vectors)
     measured = sum(v is not None for v in vectors)
     one_person = measured >= 3 and len(g) >= 2 and 2 * len(g) > measured
-    per_image, outliers = [], []
+    per_image, outliers, named = [], [], []
     for i, (p, d) in enumerate(zip(photos, dists, strict=True)):
         warning = None
         if p.vector is None:
@@ -140,6 +140,7 @@ def assess(photos: list[PhotoIdentity], engine_name: str = "dlib") -> dict[str, 
         elif one_person and d is not None and d >= SAME_PERSON:
             warning = outlier_sentence(p.file, p.source, len(g) - (i in g), d)
             outliers.append(p.file)
+            named.append(f"{p.file} ({p.source})" if p.source and p.source != p.file else p.file)
         per_image.append({"distance": d, "warning": warning})
     warnings = []
     if measured >= 3 and not one_person:
@@ -148,7 +149,7 @@ def assess(photos: list[PhotoIdentity], engine_name: str = "dlib") -> dict[str, 
                         f"{SAME_PERSON}); use photos of one person only.")
     if outliers:
         warnings.append(f"{len(outliers)} photo(s) do not look like the others: "
-                        f"{', '.join(outliers)}.")
+                        f"{', '.join(named)}.")
     summary = {"engine": engine_name, "same_person_below": SAME_PERSON, "measured": measured,
                "group": len(g), "outliers": outliers,
                "not_measured": [p.file for p in photos if p.vector is None],
