@@ -81,3 +81,14 @@ def test_likeness_off_when_the_photos_show_no_face(tiny_models, tmp_path):
     run = RunFolder(tmp_path / "run")
     assert not [e for e in run.events() if e["type"] == "likeness"]
     assert not (run.path / "bleed").exists()
+
+
+def test_score_command_reuses_the_runs_images_and_says_no_face(finished_run, capsys):
+    from studio.cli import main
+
+    assert main(["score", str(finished_run.path)]) == 0  # every image is there: none generated
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in out[1:3]] == ["2", "3"]
+    assert all(NO_FACE in ln and "0/1" in ln for ln in out[1:3])
+    assert f"Best checkpoint: No proposal: {NO_FACE} of any checkpoint." in out
+    assert not (finished_run.path / "compare").exists()
