@@ -74,3 +74,25 @@ def test_settings():
     on, warning = wanted(True, none)
     assert not on and warning.startswith("validation.likeness is on but no training photo")
     assert wanted(False, face) == (False, None)
+
+
+def test_a_large_set_is_judged_on_at_most_64_photos():
+    from PIL import Image
+
+    from studio.identity import subject as S
+
+    class CountingEngine:
+        name = "fake"
+        calls = 0
+
+        def embed(self, rgb):
+            self.calls += 1
+            return []
+
+    class Example:
+        def load(self):
+            return Image.new("RGB", (8, 8))
+
+    eng = CountingEngine()
+    sub = S.subject_of([Example() for _ in range(200)], eng)
+    assert eng.calls <= S.MAX_PHOTOS and (sub.images, sub.faces, sub.vector) == (200, 0, None)

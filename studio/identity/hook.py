@@ -81,7 +81,7 @@ class LikenessHook(TrainCallbacks):
         cfg = trainer.cfg
         self.prompts = validation_prompts(cfg, trainer.instance_prompt)
         self.per_round = len(self.prompts) * cfg.validation.num_images
-        self.bleed = [p for p in bleed_prompts(cfg, trainer.ds.class_word)]
+        self.bleed = bleed_prompts(cfg, trainer.ds.class_word)
         self.pending: dict[int, list[dict[str, Any]]] = {}
         self.scored: set[int] = set()
         self.total: int | None = None
@@ -92,6 +92,7 @@ class LikenessHook(TrainCallbacks):
         """Score this run when wanted: the hook joins the trainer's callbacks (first, so its
         end-of-run lines come before the end event). Uses the trainer's cfg, folder, main, ds,
         instance_prompt, cb, acc, _pipeline, _lora_modules and _sample."""
+        from studio.errors import first_line
         from studio.identity.engine import get_engine
 
         if not trainer.main or trainer.cfg.validation.likeness is False:
@@ -101,7 +102,7 @@ class LikenessHook(TrainCallbacks):
             subject = subject_of(trainer.ds.examples, engine, trainer.ds.hash,
                                  trainer.cfg.data.dataset)
         except Exception as exc:  # noqa: BLE001 - likeness is an extra: say why, train on
-            trainer.cb.on_log("warning", f"Likeness is not measured: {exc}")
+            trainer.cb.on_log("warning", f"Likeness is not measured: {first_line(exc)}")
             return None
         on, warning = wanted(trainer.cfg.validation.likeness, subject)
         if warning:

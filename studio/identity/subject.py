@@ -22,6 +22,8 @@ from studio.runs.folder import RunError, RunFolder
 
 log = logging.getLogger(__name__)
 
+MAX_PHOTOS = 64  # photos embedded from a dataset without cached embeddings
+
 
 @dataclass
 class Subject:
@@ -79,8 +81,9 @@ def subject_of(examples, engine: IdentityEngine, dataset_hash: str | None = None
 
         found = list(dataset_embeddings(folder, engine).values())
         vecs = [f.vector if f is not None else None for f in found]
-    else:
-        vecs = embed_images((ex.load() for ex in examples), engine)
+    else:  # a large set (a style dataset) is judged on an even spread of its photos
+        step = max(1, -(-len(examples) // MAX_PHOTOS))
+        vecs = embed_images((ex.load() for ex in examples[::step]), engine)
     return subject_from(vecs, len(examples), engine.name, dataset_hash)
 
 
