@@ -30,16 +30,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from studio.errors import StudioError
+from studio.overrides import ConfigError, apply_override, deep_merge, parse_override  # noqa: F401
 from studio.workspace import user_presets_dir
 
 log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
-
-
-class ConfigError(StudioError, ValueError):
-    """A bad training setting; ``str(err)`` is one line naming the key."""
 
 
 class _Section(BaseModel):
@@ -186,6 +182,10 @@ class ValidationSection(_Section):
                        "image generation).")
     guidance: float = Field(5.0, ge=0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field("", description="Negative prompt of validation images.")
+    likeness: bool | None = Field(None, description="Score face likeness and identity bleed at "
+                                  "validations and checkpoints; empty: on when 3+ photos show one person.")
+    bleed_prompts: list[str] = Field(default_factory=list, description="Prompts without the trigger "
+                                     "for identity bleed; empty means the class prompt.")
 
 
 class LoggingSection(_Section):
@@ -315,49 +315,6 @@ def preset_path(name_or_path: str) -> Path:
             return cand
     raise ConfigError(f"Unknown preset {name_or_path!r}; choose one of: {', '.join(list_presets())} "
                       "(or give a YAML path).")
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``over`` into a copy of ``base`` (nested dicts merged, other values replaced)."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.learning_rate=2e-4"`` -> (["train", "learning_rate"], "2e-4" as a YAML scalar)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"{text!r}: an override must look like section.key=value.")
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise ConfigError(f"{key}: not a valid setting name.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}: cannot parse the value {raw!r}.") from None
-    return parts, value
-
-
-def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
-    out = dict(data)
-    cur = out
-    for i, p in enumerate(parts[:-1]):
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = {}
-        elif not isinstance(nxt, dict):
-            raise ConfigError(f"{'.'.join(parts)}: unknown setting ({'.'.join(parts[:i + 1])} is "
-                              "not a section)")
-        cur[p] = dict(nxt)
-        cur = cur[p]
-    cur[parts[-1]] = value
-    return out
 
 
 def _checked(raw: dict[str, Any], label: str, default_version: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from studio.fsutil import atomic_write_text
+from studio.identity.scores import card_section
 from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, KOHYA_FILE
 from studio.runs.folder import RunFolder
 
@@ -59,6 +60,7 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
               f"| seed | {t.seed} |",
               f"| dataset images | {manifest.get('dataset', {}).get('images')} |",
               f"| wall time | {manifest.get('wall_time_s')} s |", ""]
+    lines += card_section(manifest.get("likeness") or {}, manifest.get("steps"))
     if samples:
         lines += ["## Samples", ""]
         lines += [f"![{s['prompt']}]({s['path']})" for s in samples]

@@ -1,6 +1,6 @@
 """``RUN/events.jsonl``: one JSON object per line (fsync per line), the run-folder contract.
 
-Types: start, step, sample, checkpoint, log, error, end. Every object has "type" and "time"
+Types: start, step, sample, checkpoint, likeness (studio.identity.scores), log, error, end. Every object has "type" and "time"
 (unix seconds). Readers take the last value of a step when a step appears twice (a run resumed
 from an older checkpoint after a hard kill re-runs the steps after that checkpoint).
 """
@@ -47,6 +47,9 @@ class EventWriter:
 
     def checkpoint(self, step: int, path: str) -> None:
         self.emit("checkpoint", step=step, path=path)
+
+    def likeness(self, **scores: Any) -> None:
+        self.emit("likeness", **scores)
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit("log", level=level, message=message)

@@ -16,6 +16,10 @@
       manifest.json                     what the run's LoRA is and how it was made (runs.manifest)
       README.md                         the model card (runs.card)
       selected_checkpoint.json          set when a checkpoint was exported as the run's LoRA
+      identity.json                     the subject's face embedding (studio.identity.subject)
+      bleed/step-<step:06d>/<k>.png     images of the prompts without the trigger (identity
+      bleed/base/<k>.png                bleed), with the LoRA and once without it
+      likeness.json                     scores per checkpoint and the proposed best one
 
 Every other module asks a :class:`RunFolder` for paths, checkpoints, the config, the trigger
 and the events instead of spelling out a file name or parsing a file itself.
@@ -125,6 +129,9 @@ class RunFolder:
     CLASS_IMAGES = "class_images"
     LOGS = "logs"
     SELECTED = "selected_checkpoint.json"
+    IDENTITY = "identity.json"
+    BLEED = "bleed"
+    LIKENESS = "likeness.json"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser().resolve()
@@ -155,9 +162,15 @@ class RunFolder:
     compare_dir = _Member("COMPARE")
     class_images_dir = _Member("CLASS_IMAGES")
     selected_path = _Member("SELECTED")
+    identity_path = _Member("IDENTITY")
+    likeness_path = _Member("LIKENESS")
 
     def sample_dir(self, step: int) -> Path:
         return self.samples_dir / f"step-{int(step):06d}"
+
+    def bleed_dir(self, step: int | None) -> Path:
+        """Identity-bleed images of ``step``; None: the baseline without the LoRA."""
+        return self.path / self.BLEED / ("base" if step is None else f"step-{int(step):06d}")
 
     def exists(self) -> bool:
         return self.path.is_dir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from studio.identity.runscore import card_lines
 from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, KOHYA_FILE
 from studio.models import ROLES, looks_like_path
 from studio.share.runfiles import RunFiles, ShareError, trigger_info
@@ -21,6 +22,7 @@ REQUIRED_TAGS = ["text-to-image", "diffusers", "lora", "template:sd-lora", "stab
                  "stable-diffusion-xl-diffusers"]
 DEFAULT_LICENSE = "openrail++"  # the SDXL base model's license
 _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n?", re.DOTALL)
+_LIKENESS = re.compile(r"^## Likeness\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
 
 
 def _body_of(card_text: str | None) -> str:
@@ -111,6 +113,9 @@ def build_card(rf: RunFiles, repo_id: str | None, license: str | None = None) ->
         body = body.replace("THIS_REPO_OR_FOLDER", repo_id or "path/to/this/folder")
     if rf.checkpoint is not None:
         body += f"\n\nThis repository holds the {what}, not the final LoRA of the run."
+    likeness = card_lines(rf.run, rf.checkpoint)  # the scores of the LoRA pushed
+    body = _LIKENESS.sub("", body).rstrip() + ("\n\n" + "\n".join(likeness).rstrip()
+                                               if likeness else "")
     if local_base:
         body += (f"\n\nTrained on a local copy of the base model ({local_base.rsplit('/', 1)[-1]}); "
                  f"`base_model` names the public SDXL base.")

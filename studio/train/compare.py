@@ -103,16 +103,44 @@ def cell_path(run_dir: Path, step: int, lora: Path, prompt: str, seed: int,
     return RunFolder(run_dir).compare_dir / f"step-{step:06d}-{h}.png"
 
 
-def compare_grid(run_dir: str | Path, generator: Any, settings: CompareSettings,
-                 pairs: list[tuple[str, int]] | None = None, reuse_samples: bool = True,
-                 progress: Callable[[int, int], None] | None = None) -> list[list[Cell]]:
-    """Rows of cells, one row per complete checkpoint, one column per (prompt, seed)."""
+def _render(generator: Any, out: Path, settings: CompareSettings, prompt: str, seed: int,
+            lora: Path | None, label: str) -> None:
+    """Generate one cell into ``out`` (with the LoRA file ``lora``, or none)."""
     from studio.generate.gallery import png_bytes
     from studio.generate.request import GenerationRequest
 
+    req = GenerationRequest(prompt=prompt, seed=seed, steps=settings.steps,
+                            guidance=settings.guidance, width=settings.width,
+                            height=settings.height, lora=str(lora) if lora else None,
+                            lora_scale=settings.lora_scale)
+    result = generator.generate(req)[0]
+    atomic_write_bytes(out, png_bytes(result.image, {**result.params, "lora": label}))
+
+
+def base_cells(run_dir: str | Path, generator: Any, settings: CompareSettings,
+               pairs: list[tuple[str, int]]) -> list[Cell]:
+    """The (prompt, seed) pairs without any LoRA (step 0), generated once and cached beside
+    the checkpoint cells."""
+    run = RunFolder(run_dir)
+    cells = []
+    for prompt, seed in pairs:
+        h = hashlib.sha1(json.dumps(["base", prompt, seed, settings.key()]).encode()).hexdigest()
+        out = run.compare_dir / f"base-{h[:16]}.png"
+        if not out.is_file():
+            _render(generator, out, settings, prompt, seed, None, "none")
+        cells.append(Cell(0, prompt, seed, out, False))
+    return cells
+
+
+def compare_grid(run_dir: str | Path, generator: Any, settings: CompareSettings,
+                 pairs: list[tuple[str, int]] | None = None, reuse_samples: bool = True,
+                 progress: Callable[[int, int], None] | None = None,
+                 steps: list[int] | None = None) -> list[list[Cell]]:
+    """Rows of cells, one row per complete checkpoint (of ``steps`` when given), one column per
+    (prompt, seed)."""
     run = RunFolder(run_dir)
     run_dir = run.path
-    ckpts = [(c.step, c.lora_path) for c in run.checkpoints()]
+    ckpts = [(c.step, c.lora_path) for c in run.checkpoints() if steps is None or c.step in steps]
     if not ckpts:
         raise CompareError("This run has no complete checkpoint to compare yet.")
     pairs = pairs or validation_pairs(run_dir)
@@ -129,13 +157,7 @@ def compare_grid(run_dir: str | Path, generator: Any, settings: CompareSettings,
             else:
                 out = cell_path(run_dir, step, lora, prompt, seed, settings)
                 if not out.is_file():
-                    req = GenerationRequest(prompt=prompt, seed=seed, steps=settings.steps,
-                                            guidance=settings.guidance, width=settings.width,
-                                            height=settings.height, lora=str(lora),
-                                            lora_scale=settings.lora_scale)
-                    result = generator.generate(req)[0]
-                    params = {**result.params, "lora": f"{run_dir.name}@{step}"}
-                    atomic_write_bytes(out, png_bytes(result.image, params))
+                    _render(generator, out, settings, prompt, seed, lora, f"{run_dir.name}@{step}")
                 row.append(Cell(step, prompt, seed, out, False))
             done += 1
             if progress:

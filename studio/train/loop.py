@@ -1,11 +1,9 @@
 """The SDXL DreamBooth LoRA training loop.
 
 ``train(config, callbacks=None, stop=None)`` runs one job into ``config.output_dir`` following
-the run-folder contract (:class:`studio.runs.folder.RunFolder`: config.yaml, events.jsonl,
-checkpoints/, samples/, the final LoRA in every export format, model card, manifest). The
-pieces live next door: SDXL specifics in :mod:`.sdxl`, the loss in :mod:`.loss`, optimizers in
-:mod:`.optimizers`, caches in :mod:`.caches`, checkpoint state in :mod:`.state`, validation
-images in :mod:`.sampling`, reporting in :mod:`.callbacks`.
+the run-folder contract (:class:`studio.runs.folder.RunFolder`). The pieces live next door:
+:mod:`.sdxl`, :mod:`.loss`, :mod:`.optimizers`, :mod:`.caches`, :mod:`.state` (checkpoints),
+:mod:`.sampling` (validation images), :mod:`.callbacks`; likeness in :mod:`studio.identity.hook`.
 
 The loop uses ``accelerate.Accelerator`` (so ``accelerate launch -m studio train`` runs it on
 several processes); only the main process writes files. It imports nothing from Gradio and
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.config import ConfigError, TrainConfig
+from studio.identity.hook import LikenessHook
 from studio.runs import checkpoints as ckpt
 from studio.runs.folder import RunFolder
 from studio.train import runtime, sdxl, state
@@ -175,6 +174,7 @@ class Trainer:
         resume_path = self._open_run_folder()
         set_seed(self.cfg.train.seed)
         plan = self._schedule(self._build())
+        LikenessHook.attach(self)  # scores validations and checkpoints (studio.identity)
         start_step = self._begin(plan, resume_path)
         stopped, epoch = self._train_epochs(plan, start_step)
         return self._end(stopped, epoch, start_step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from studio.config import TrainConfig
@@ -21,18 +22,18 @@ def validation_prompts(cfg: TrainConfig, instance_prompt: str) -> list[str]:
 
 
 def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: TrainConfig,
-                  autocast: Callable[[], Any], on_sample: Callable[[dict[str, Any]], None]
-                  ) -> list[dict[str, Any]]:
+                  autocast: Callable[[], Any], on_sample: Callable[[dict[str, Any]], None],
+                  out_dir: Path | None = None) -> list[dict[str, Any]]:
     """``validation.num_images`` images per prompt (seed ``validation.seed + i``) as
-    ``samples/step-<step>/<k>.png``; returns the sample records (step, prompt, seed, path
-    relative to the run)."""
+    ``samples/step-<step>/<k>.png`` (or ``out_dir/<k>.png``); returns the sample records (step,
+    prompt, seed, path relative to the run)."""
     import torch
     from PIL.PngImagePlugin import PngInfo
 
     from studio.fsutil import atomic_write
 
     v = cfg.validation
-    out_dir = run.sample_dir(step)
+    out_dir = out_dir or run.sample_dir(step)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     k = 0

@@ -22,6 +22,7 @@ from studio.runs.monitor import get_monitor
 from studio.train.compare import compare_grid, compare_settings, validation_pairs
 from studio.ui.config_widgets import extra_lines, overrides_from_widgets, preset_note, preset_values
 from studio.ui.context import AppContext
+from studio.ui.train_likeness import cell_scores
 from studio.ui.train_simple import kept_note, refill
 from studio.ui.train_view import (
     dataset_choices,
@@ -235,8 +236,9 @@ class TrainHandlers:
                                 progress=lambda d, n: progress(d / n, desc=f"{d}/{n} images"))
         except StudioError as exc:
             return gr.skip(), _warn(exc), gr.skip()
-        cells = [(str(c.path), f"checkpoint {c.step} · seed {c.seed} · {c.prompt[:40]}")
-                 for row in rows for c in row]
+        scores = cell_scores(run_dir, [c.path for row in rows for c in row])
+        cells = [(str(c.path), f"checkpoint {c.step} · seed {c.seed} · {c.prompt[:40]}"
+                  f"{scores.get(c.path, '')}") for row in rows for c in row]
         reused = sum(c.reused for row in rows for c in row)
         steps = [str(r[0].step) for r in rows]
         return (gr.update(value=cells, columns=max(1, len(pairs))),

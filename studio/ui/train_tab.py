@@ -17,6 +17,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio import config as cfgmod
+from studio.ui import train_likeness
 from studio.ui.config_widgets import build_config_widgets, preset_note, preset_values
 from studio.ui.context import AppContext
 from studio.ui.train_handlers import TrainHandlers
@@ -105,6 +106,7 @@ def _live_column(c: dict) -> None:
                             color_map={"raw": "#9ecae1", "smoothed": "#08519c"},
                             colors_in_legend=["raw", "smoothed"],
                             x_lim=[0, MIN_STEP_AXIS], x_axis_format="d")
+    train_likeness.build(c)
     c["samples"] = gr.Gallery(label="Validation samples (newest first)", columns=4, height=260,
                               elem_id="train-samples", object_fit="contain")
     c["log"] = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log",
@@ -194,6 +196,7 @@ def build(ctx: AppContext) -> dict:
     _wire_live(h, c)
     wire_presets(p, c)
     wire_manage(m, c)
+    train_likeness.wire(ctx, c)
     return c
 
 
