@@ -111,7 +111,7 @@ def _dataset_names(ctx: AppContext) -> list[str]:
 
 def build(ctx: AppContext) -> dict:
     runs = [r["name"] for r in ctx.workspace.list_runs()]
-    with gr.Tab("Share", id="share"):
+    with gr.Tab("Share", id="share") as tab:
         gr.Markdown("Push your LoRA to the Hugging Face Hub (private by default: it shows a real "
                     "person), or download it as one zip for AUTOMATIC1111 / ComfyUI.")
         token_state = gr.State(None)  # this browser session only
@@ -182,6 +182,17 @@ def build(ctx: AppContext) -> dict:
                     gr.update(choices=_dataset_names(ctx)))
 
         refresh.click(on_refresh, run, [run, checkpoint, dataset])
+        # Opening the tab reads the runs and datasets again (a run or dataset made meanwhile).
+        tab.select(on_refresh, run, [run, checkpoint, dataset], show_progress="hidden")
         run.change(lambda r: gr.update(choices=checkpoint_choices(ctx, r), value=FINAL), run,
                    checkpoint)
-    return {"run": run, "repo": repo, "token": token, "push": push, "status": status, "url": url}
+    return {"run": run, "repo": repo, "token": token, "push": push, "status": status, "url": url,
+            "checkpoint": checkpoint, "dataset": dataset, "lists": on_refresh}
+
+
+def wire(components: dict) -> None:
+    """Every page load lists the runs, their checkpoints and the datasets on disk."""
+    mine, app = components.get("share") or {}, components.get("app")
+    if app is not None and mine.get("lists") is not None:
+        app.load(mine["lists"], mine["run"], [mine["run"], mine["checkpoint"], mine["dataset"]],
+                 show_progress="hidden")
