@@ -262,7 +262,8 @@ def build(ctx: AppContext) -> dict:
                                         elem_id="ds-existing", scale=3)
             w["open"] = gr.Button("Open", size="sm", elem_id="ds-open", scale=1)
             w["refresh"] = gr.Button("Refresh list", size="sm", scale=1, elem_id="ds-refresh")
-        w["delete"] = delete_buttons("ds")
+            with gr.Column(scale=1, min_width=120):
+                w["delete"] = delete_buttons("ds")
         w["list_status"] = gr.Markdown(elem_id="ds-list-status")
         with gr.Row():
             with gr.Column(scale=2):

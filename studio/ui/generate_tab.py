@@ -181,7 +181,7 @@ def build(ctx: AppContext) -> dict:
                     c["refresh"] = gr.Button("Refresh gallery", size="sm", elem_id="gen-refresh")
                     c["export"] = gr.Button("Export gallery (zip)", size="sm",
                                             elem_id="gen-export")
-                c["export_file"] = gr.File(label="Export", interactive=False,
+                c["export_file"] = gr.File(label="Export", interactive=False, height=110,
                                            elem_id="gen-export-file")
         _wire(ctx, gallery, c)
     c["tab"] = tab

@@ -117,10 +117,12 @@ def build(ctx: AppContext) -> dict:
         token_state = gr.State(None)  # this browser session only
         with gr.Row():
             run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run",
-                              elem_id="share-run")
+                              elem_id="share-run",
+                              info="A run of this workspace; train one in the Train tab.")
             checkpoint = gr.Dropdown(checkpoint_choices(ctx, runs[0] if runs else None),
                                      value=FINAL, label="LoRA", elem_id="share-checkpoint")
-            refresh = gr.Button("Refresh", size="sm", elem_id="share-refresh")
+            refresh = gr.Button("Refresh", size="sm", elem_id="share-refresh", scale=0,
+                                min_width=100)
         with gr.Row():
             repo = gr.Textbox(label="Hub repo", placeholder="your-name/my-lora",
                               elem_id="share-repo")
@@ -135,7 +137,8 @@ def build(ctx: AppContext) -> dict:
             bundle = gr.Button("Download bundle (zip)", elem_id="share-bundle")
         status = gr.Markdown(elem_id="share-status")
         url = gr.Textbox(label="Repo URL", interactive=False, elem_id="share-url")
-        bundle_file = gr.File(label="Bundle", interactive=False, elem_id="share-bundle-file")
+        bundle_file = gr.File(label="Bundle", interactive=False, elem_id="share-bundle-file",
+                              height=110)
         with gr.Accordion("Push a dataset", open=False):
             dsets = _dataset_names(ctx)
             dataset = gr.Dropdown(dsets, value=dsets[0] if dsets else None, label="Dataset",
