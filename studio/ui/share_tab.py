@@ -109,6 +109,16 @@ def _dataset_names(ctx: AppContext) -> list[str]:
     return [d["name"] for d in list_datasets(ctx.workspace)]
 
 
+def share_lists(ctx: AppContext, current: str | None) -> tuple:
+    """The run list (the current run kept when it is still there), its checkpoints and the
+    dataset list, read from the disk."""
+    names = [r["name"] for r in ctx.workspace.list_runs()]
+    cur = current if current in names else (names[0] if names else None)
+    return (gr.update(choices=names, value=cur),
+            gr.update(choices=checkpoint_choices(ctx, cur), value=FINAL),
+            gr.update(choices=_dataset_names(ctx)))
+
+
 def build(ctx: AppContext) -> dict:
     runs = [r["name"] for r in ctx.workspace.list_runs()]
     with gr.Tab("Share", id="share") as tab:
@@ -178,11 +188,7 @@ def build(ctx: AppContext) -> dict:
         bundle.click(lambda r, c: on_bundle(ctx, r, c), [run, checkpoint], [bundle_file, status])
 
         def on_refresh(current):
-            names = [r["name"] for r in ctx.workspace.list_runs()]
-            cur = current if current in names else (names[0] if names else None)
-            return (gr.update(choices=names, value=cur),
-                    gr.update(choices=checkpoint_choices(ctx, cur), value=FINAL),
-                    gr.update(choices=_dataset_names(ctx)))
+            return share_lists(ctx, current)
 
         refresh.click(on_refresh, run, [run, checkpoint, dataset])
         # Opening the tab reads the runs and datasets again (a run or dataset made meanwhile).
