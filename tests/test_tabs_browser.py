@@ -21,7 +21,9 @@ def _value(page, elem: str) -> str:
 def _options(page, elem: str) -> list[str]:
     page.locator(f"#{elem} input").first.click()
     page.get_by_role("option").first.wait_for()
-    names = [o.inner_text().strip() for o in page.get_by_role("option").all()]
+    # (the chosen option carries a check mark on a line of its own)
+    names = [o.inner_text().strip().splitlines()[-1].strip()
+             for o in page.get_by_role("option").all()]
     page.keyboard.press("Escape")
     return names
 
@@ -160,3 +162,19 @@ def test_caption_editor_beside_the_image_stays_in_sync_and_train_on_this_dataset
     assert not page.locator("#ds-to-train").is_enabled()
     page.locator("#ds-existing input").click()
     assert page.get_by_role("option", name="sync-set").count() == 0
+
+
+def test_use_this_lora_lists_a_run_that_finished_after_the_page_loaded(app_server, page,
+                                                                       tiny_models):
+    page.goto(app_server.url)
+    page.get_by_role("tab", name="Generate").click()
+    assert "fresh" not in _options(page, "gen-lora")
+    build_run(app_server.home / "runs" / "fresh", tiny_models["base"])  # finishes meanwhile
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function("() => (document.querySelector('#train-runs input') || {}).value"
+                           "?.includes('fresh')", timeout=60_000)
+    page.locator("#train-send").click()
+    # The Generate tab opens with the run chosen, shown by its name (the list was read again).
+    page.wait_for_function("() => (document.querySelector('#gen-lora input') || {}).value"
+                           " === 'fresh'", timeout=60_000)
+    assert "fresh" in _options(page, "gen-lora")

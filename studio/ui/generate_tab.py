@@ -192,14 +192,9 @@ def build(ctx: AppContext) -> dict:
 
 
 def wire(components: dict) -> None:
-    """Every page load fills the gallery and the LoRA list from the disk; "Use this LoRA in
-    Generate" (Train) reads the runs again, so the run it sends is listed by its name."""
+    """Every page load fills the gallery and the LoRA list from the disk. (Opening the tab,
+    by a click or by "Use this LoRA in Generate", reads the runs again: see :func:`build`.)"""
     mine = components.get("generate") or {}
-    ctx_lists = mine.get("lists")
     app = components.get("app")
-    if app is not None and ctx_lists is not None:
-        app.load(ctx_lists, None, [mine["images"], mine["lora"]], show_progress="hidden")
-    train = components.get("train") or {}
-    for key in ("send", "send_ckpt"):
-        if key in train and ctx_lists is not None:
-            train[key].click(lambda: ctx_lists()[1], None, mine["lora"], show_progress="hidden")
+    if app is not None and mine.get("lists") is not None:
+        app.load(mine["lists"], None, [mine["images"], mine["lora"]], show_progress="hidden")
