@@ -159,8 +159,9 @@ def test_the_editor_never_shows_a_stale_caption_after_a_table_edit():
     assert editor[3] == "typed into the table"  # the box shows the table's caption again
     assert "Caption of" not in status
     # Apply with the box as it is now shown keeps the table edit (nothing to overwrite).
-    rows2, msg = dc.apply_caption(rows, idx, editor[3])
-    assert rows2[1][2] == "typed into the table" and "unchanged" in msg
+    table, msg = dc.apply_caption(rows, idx, editor[3])
+    assert "unchanged" in msg and not isinstance(table, list)  # the table is left as it is
+    assert rows[1][2] == "typed into the table"
 
 
 def test_apply_message_gives_way_after_another_row_is_edited():
@@ -174,9 +175,10 @@ def test_apply_message_gives_way_after_another_row_is_edited():
 
 def test_previous_next_apply_the_edit_first_and_wrap(tmp_path):
     rows = [list(r) for r in ROWS[:3]]
-    out, idx, _, title, caption, _ = dc.step(None, rows, 2, "edited three", +1)
+    out, idx, _, title, caption, status = dc.step(None, rows, 2, "edited three", +1)
     assert out[2][2] == "edited three" and idx == 0 and caption == rows[0][2]
     assert "0001.png" in title and "image 1 of 3" in title
+    assert status.startswith("Applied the caption of 0003.png")
     out, idx, *_ = dc.step(None, out, 0, out[0][2], -1)
     assert idx == 2
 

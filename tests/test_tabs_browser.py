@@ -57,7 +57,7 @@ def test_generate_and_share_lists_reuse_and_delete(app_server, page, tiny_models
     page.locator("#gen-gallery img").first.click()
     page.locator("#gen-meta").get_by_text("red hat").first.wait_for()
     page.locator("#gen-reuse").click()
-    page.locator("#gen-status").get_by_text("filled in").wait_for()
+    page.locator("#gen-gallery-status").get_by_text("filled in").wait_for()
     assert _value(page, "gen-prompt") == "a photo of TOK person, red hat"
     assert _value(page, "gen-negative") == "blurry" and _value(page, "gen-seed") == "41"
     assert _value(page, "gen-scheduler") == "Euler a"
@@ -74,12 +74,13 @@ def test_generate_and_share_lists_reuse_and_delete(app_server, page, tiny_models
 
     # Delete: "Delete…" asks, "Keep" keeps, "Confirm delete" deletes.
     page.locator("#gen-delete").click()
+    page.locator("#gen-gallery-status").get_by_text("This cannot be undone").wait_for()
     page.locator("#gen-delete-keep").click()
-    page.locator("#gen-status").get_by_text("Nothing was deleted").wait_for()
+    page.locator("#gen-gallery-status").get_by_text("Nothing was deleted").wait_for()
     assert image.exists() and not page.locator("#gen-delete-confirm").is_visible()
     page.locator("#gen-delete").click()
     page.locator("#gen-delete-confirm").click()
-    page.locator("#gen-status").get_by_text("Deleted 1 image(s)").wait_for()
+    page.locator("#gen-gallery-status").get_by_text("Deleted 1 image(s)").wait_for()
     assert not image.exists()
     assert page.locator("#gen-gallery img").count() == 0
 
@@ -130,7 +131,17 @@ def test_caption_editor_beside_the_image_stays_in_sync_and_train_on_this_dataset
     box.fill("a photo of TOK person, in a spacesuit, smiling")
     page.locator("#ds-caption-next").click()
     page.locator("#ds-one-title").get_by_text("image 3 of 3").wait_for()
-    assert "smiling" in _cell(page, 1).inner_text()
+    _cell(page, 1).get_by_text("smiling").wait_for()
+    page.locator("#ds-edit-status").get_by_text("Applied the caption of 0002.png").wait_for()
+    # Selecting another image (here by its row): the message about 0002.png gives way.
+    _cell(page, 0, 0).click()
+    page.locator("#ds-one-title").get_by_text("image 1 of 3").wait_for()
+    page.wait_for_function("() => !document.querySelector('#ds-edit-status').innerText"
+                           ".includes('0002.png')")
+    page.locator("#ds-caption-next").click()
+    page.locator("#ds-one-title").get_by_text("image 2 of 3").wait_for()
+    page.locator("#ds-caption-next").click()
+    page.locator("#ds-one-title").get_by_text("image 3 of 3").wait_for()
     assert box.input_value() == _cell(page, 2).inner_text().strip()
 
     # Replace-all counts the captions it changed (one of three).

@@ -29,10 +29,10 @@ def _buttons(asking: bool) -> tuple:
 
 def wire_delete(b: dict[str, Any], ask: Callable[..., tuple[Any, str]], inputs: list,
                 delete: Callable[..., tuple], outputs: list, status: Any,
-                extra: list | tuple = ()) -> None:
+                extra: list | tuple = ()) -> Any:
     """``ask(*inputs)`` -> (target, question) or (None, why not) and raises nothing;
     ``delete(target, *extra)`` -> the values of ``outputs`` followed by the status text (a
-    StudioError becomes the status, with nothing else changed)."""
+    StudioError becomes the status, with nothing else changed). Returns the confirm event."""
     buttons = [b["ask"], b["confirm"], b["keep"]]
 
     def on_ask(*vals):
@@ -47,7 +47,8 @@ def wire_delete(b: dict[str, Any], ask: Callable[..., tuple[Any, str]], inputs: 
         return (None, *_buttons(False), *values)
 
     b["ask"].click(on_ask, inputs, [b["target"], *buttons, status])
-    b["confirm"].click(on_confirm, [b["target"], *extra],
-                       [b["target"], *buttons, *outputs, status])
+    event = b["confirm"].click(on_confirm, [b["target"], *extra],
+                               [b["target"], *buttons, *outputs, status])
     b["keep"].click(lambda: (None, *_buttons(False), "Nothing was deleted."), None,
                     [b["target"], *buttons, status])
+    return event

@@ -102,11 +102,12 @@ def show_row(current: str | None, rows_in: Any, idx: Any) -> tuple:
 
 
 def select_row(current: str | None, rows_in: Any, evt: gr.SelectData) -> tuple:
-    """A click on a gallery image or a table cell shows that row in the editor."""
+    """A click on a gallery image or a table cell shows that row in the editor (and the message
+    about an earlier row gives way)."""
     idx = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
     if not isinstance(idx, int) or not 0 <= idx < len(_rows(rows_in)):
-        return tuple(gr.update() for _ in EDITOR)
-    return show_row(current, rows_in, idx)
+        return (*(gr.update() for _ in EDITOR), gr.update())
+    return (*show_row(current, rows_in, idx), "")
 
 
 def apply_caption(rows_in: Any, idx: Any, text: str) -> tuple[list, str]:
@@ -116,7 +117,7 @@ def apply_caption(rows_in: Any, idx: Any, text: str) -> tuple[list, str]:
     if not (0 <= i < len(rows)):
         return rows, "⚠️ Select an image first."
     if rows[i][2] == _clean(text):
-        return rows, f"The caption of {rows[i][0]} is unchanged."
+        return gr.skip(), f"The caption of {rows[i][0]} is unchanged."
     rows[i][2] = _clean(text)
     return rows, f"Caption of {rows[i][0]} changed; Save the dataset to keep it."
 
@@ -128,9 +129,10 @@ def step(current: str | None, rows_in: Any, idx: Any, text: str, delta: int) -> 
     if not rows:
         return (rows, *show_row(current, rows, 0), "⚠️ Process photos or open a dataset first.")
     i = min(max(int(idx or 0), 0), len(rows) - 1)
-    rows, status = apply_caption(rows, i, text)
-    if "unchanged" in status:
-        status = ""
+    changed = rows[i][2] != _clean(text)
+    rows[i][2] = _clean(text)
+    status = f"Applied the caption of {rows[i][0]}; Save the dataset to keep it." if changed \
+        else ""
     return (rows, *show_row(current, rows, (i + delta) % len(rows)), status)
 
 
@@ -181,20 +183,27 @@ def connect_captions(w: dict[str, Any]) -> None:
     editor = [w[k] for k in EDITOR]
     table, current, status = w["table"], w["current"], w["edit_status"]
     w["table"].change(lint_markdown, [table, w["trigger"], w["class_word"]], w["lint"])
-    # Whatever changed the table (a typed cell, a bulk edit, Apply, Process, Open), the editor
-    # shows the table's caption again.
-    w["table"].change(show_row, [current, table, w["row_idx"]], editor, show_progress="hidden")
+    # A caption typed into the table: the editor shows the table's row again. (Apply, previous
+    # and next set the editor themselves; a bulk edit, Process, Open and Delete redraw it after
+    # they changed the table: see refresh_editor. Redrawing on every table change instead would
+    # race with typing in the box.)
     w["table"].input(table_edited, [current, table, w["row_idx"]], [*editor, status],
                      show_progress="hidden")
     for source in (w["table"], w["gallery"]):
-        source.select(select_row, [current, table], editor, show_progress="hidden")
+        source.select(select_row, [current, table], [*editor, status], show_progress="hidden")
     w["apply_one"].click(apply_caption, [table, w["row_idx"], w["one_caption"]], [table, status])
     for button, delta in ((w["prev"], -1), (w["next"], 1)):
         button.click(lambda c, r, i, t, d=delta: step(c, r, i, t, d),
                      [current, table, w["row_idx"], w["one_caption"]], [table, *editor, status])
-    w["replace_btn"].click(lambda r, a, b, x: bulk(r, "replace", a, b, x),
-                           [table, w["find"], w["replace"], w["use_regex"]], [table, status])
-    w["prefix_btn"].click(lambda r, a: bulk(r, "prefix", a), [table, w["affix"]],
-                          [table, status])
-    w["suffix_btn"].click(lambda r, a: bulk(r, "suffix", a), [table, w["affix"]],
-                          [table, status])
+    refresh_editor(w, w["replace_btn"].click(lambda r, a, b, x: bulk(r, "replace", a, b, x),
+                                             [table, w["find"], w["replace"], w["use_regex"]],
+                                             [table, status]))
+    for button, op in ((w["prefix_btn"], "prefix"), (w["suffix_btn"], "suffix")):
+        refresh_editor(w, button.click(lambda r, a, o=op: bulk(r, o, a), [table, w["affix"]],
+                                       [table, status]))
+
+
+def refresh_editor(w: dict[str, Any], event: Any) -> None:
+    """After ``event`` changed the table, the editor shows the table's caption of its row."""
+    event.then(show_row, [w["current"], w["table"], w["row_idx"]], [w[k] for k in EDITOR],
+               show_progress="hidden")

@@ -35,6 +35,7 @@ from studio.ui.dataset_captions import (  # noqa: F401 (the tab's caption API)
     caption_editor,
     connect_captions,
     lint_markdown,
+    refresh_editor,
 )
 from studio.workspace import slugify
 
@@ -318,22 +319,23 @@ def _connect(h: _Handlers, w: dict[str, Any]) -> None:
     """The tab's events."""
     settings = [w[k] for k in ("files", "trigger", "class_word", "template", "framing",
                                "detector", "no_face")]
-    w["process"].click(h.process, settings, [w[k] for k in (
+    refresh_editor(w, w["process"].click(h.process, settings, [w[k] for k in (
         "current", "gallery", "table", "report", "status", "lint", "saved_name", "to_train")],
-                       concurrency_limit=1, concurrency_id="gpu")
+        concurrency_limit=1, concurrency_id="gpu"))
     for box in (w["trigger"], w["class_word"]):
         box.change(trigger_note, [w["trigger"], w["class_word"]], w["trigger_note"])
     connect_captions(w)
     w["save"].click(h.save, [w["current"], w["name"], w["table"]],
                     [w[k] for k in ("current", "existing", "save_status", "saved_name",
                                     "to_train")])
-    w["open"].click(h.open, [w["existing"]],
-                    [w[k] for k in ("current", "gallery", "table", "report", "name", "trigger",
-                                    "class_word", "status", "saved_name", "to_train")])
+    refresh_editor(w, w["open"].click(h.open, [w["existing"]], [w[k] for k in (
+        "current", "gallery", "table", "report", "name", "trigger", "class_word", "status",
+        "saved_name", "to_train")]))
     w["refresh"].click(h.choices, None, w["existing"])
-    wire_delete(w["delete"], ask_delete, [w["existing"]], h.delete,
-                [w[k] for k in ("existing", "current", "gallery", "table", "saved_name",
-                                "to_train")], w["list_status"], extra=[w["current"]])
+    refresh_editor(w, wire_delete(w["delete"], ask_delete, [w["existing"]], h.delete,
+                                  [w[k] for k in ("existing", "current", "gallery", "table",
+                                                  "saved_name", "to_train")],
+                                  w["list_status"], extra=[w["current"]]))
     # Every page load (a browser refresh, a restarted app) lists the datasets on disk.
     from gradio.context import Context
 

@@ -135,16 +135,16 @@ def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:
     def on_select(evt: gr.SelectData):
         name = gg.selected_name(gallery, evt)
         meta = {"file": name, **read_params(gallery.folder / name)} if name else None
-        return name, meta
+        return name, meta, ""
 
-    c["images"].select(on_select, None, [c["selected"], c["meta"]])
+    c["images"].select(on_select, None, [c["selected"], c["meta"], c["gallery_status"]])
     c["refresh"].click(lambda: (gallery_value(gallery), lora_update(ctx)),
                        None, [c["images"], c["lora"]])
     c["reuse"].click(lambda name: gg.reuse_settings(gallery, name), c["selected"],
-                     [*(c[k] for k in gg.REUSED), c["status"]])
+                     [*(c[k] for k in gg.REUSED), c["gallery_status"]])
     wire_delete(c["delete"], gg.ask_delete, [c["selected"]],
                 lambda names: gg.delete_images(gallery, names),
-                [c["images"], c["selected"], c["meta"]], c["status"])
+                [c["images"], c["selected"], c["meta"]], c["gallery_status"])
 
     def on_export():
         try:
@@ -176,6 +176,7 @@ def build(ctx: AppContext) -> dict:
                     c["reuse"] = gr.Button("Reuse this image's settings", size="sm",
                                            elem_id="gen-reuse")
                     c["delete"] = delete_buttons("gen")
+                c["gallery_status"] = gr.Markdown(elem_id="gen-gallery-status")
                 c["meta"] = gr.JSON(label="Image parameters", elem_id="gen-meta")
                 with gr.Row():
                     c["refresh"] = gr.Button("Refresh gallery", size="sm", elem_id="gen-refresh")
