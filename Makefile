@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APP_STAMP := $(VENV)/.app-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run demo test lint bench-generate bench-train clean-venv
+.PHONY: run demo test lint screenshots bench-generate bench-train clean-venv
 
 $(APP_STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,7 +29,12 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check studio tests app.py benchmarks
+	$(BIN)/ruff check studio tests app.py benchmarks scripts
+
+## A full-page PNG of each tab of the demo app (OUT=dir, default screenshots/; needs chromium).
+OUT ?= screenshots
+screenshots: $(DEV_STAMP)
+	$(BIN)/python scripts/screenshots.py --out $(OUT)
 
 clean-venv:
 	rm -rf $(VENV)

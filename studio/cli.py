@@ -72,7 +72,8 @@ def _add_generate(sub) -> None:
     for name, what in _GENERATE_NUMBERS:
         add_limit_argument(p, name, what)
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=list(SCHEDULERS))
-    p.add_argument("--lora", help="LoRA file/folder or Hub id (owner/name[:file.safetensors])")
+    p.add_argument("--lora", help="LoRA: a run's name, a file/folder or a Hub id "
+                                  "(owner/name[:file.safetensors])")
     p.add_argument("--refiner", nargs="?", const="", default=None,
                    help="use the refiner (optionally a Hub id or folder; env STUDIO_REFINER_MODEL)")
     p.set_defaults(func=_cmd_generate)
@@ -82,11 +83,16 @@ def _cmd_generate(args) -> int:
     from studio.generate.gallery import Gallery
     from studio.generate.request import GenerationRequest
     from studio.generate.service import GenerationService
+    from studio.lora.refs import is_run_name, resolve_lora
+    from studio.workspace import Workspace
 
+    lora = args.lora
+    if lora and is_run_name(lora.strip()) and not Path(lora.strip()).exists():
+        lora = resolve_lora(lora, Workspace())  # a run of the workspace (STUDIO_HOME), by name
     req = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,
-        num_images=args.num_images, scheduler=args.scheduler, lora=args.lora,
+        num_images=args.num_images, scheduler=args.scheduler, lora=lora,
         lora_scale=args.lora_scale, refiner=args.refiner is not None,
         refiner_switch=args.refiner_switch)
     req.validate()

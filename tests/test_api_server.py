@@ -187,7 +187,7 @@ def test_unknown_lora_run_is_404(server, store):
     key, _ = store.create("run")
     status, _, raw = request(server.url + "/generate_image", "POST",
                              {**SMALL, "lora": "no-such-run"}, bearer(key))
-    assert status == 404 and "No finished training run" in json.loads(raw)["message"]
+    assert status == 404 and "No trained run is named 'no-such-run'" in json.loads(raw)["message"]
 
 
 def test_unreachable_hub_lora_is_503_not_500(server, store):

@@ -41,7 +41,7 @@ from studio.generate.engine import GeneratedImage, GenerationCancelled
 from studio.generate.gallery import Gallery, png_bytes
 from studio.generate.request import GenerationRequest
 from studio.lora.formats import DIFFUSERS_FILE
-from studio.lora.refs import LoraRef, hub_lora, is_hub_id
+from studio.lora.refs import LoraRef, hub_lora, is_hub_id, no_such_run, run_loras
 from studio.models import looks_like_path
 from studio.runs.folder import RunFolder
 from studio.workspace import Workspace, WorkspaceError, safe_name
@@ -183,7 +183,8 @@ UNKNOWN_LORA = ("No finished training run of this studio, and no Hub id, matches
 def api_lora(ref: str | None, workspace: Workspace) -> LoraRef | str | None:
     """The LoRA of an API request: a run of ``workspace`` with a LoRA (resolved here), or a Hub
     id that huggingface_hub validates (returned as text, fetched later). Nothing else is looked
-    up on disk, and every other reference gets the same 404."""
+    up on disk; a name that is no run gets the sentence that lists the runs, every other
+    reference the same 404."""
     ref = (ref or "").strip()
     if not ref:
         return None
@@ -196,7 +197,7 @@ def api_lora(ref: str | None, workspace: Workspace) -> LoraRef | str | None:
     except WorkspaceError:
         raise ApiError(404, "unknown_lora", UNKNOWN_LORA) from None
     if not run.has_lora():
-        raise ApiError(404, "unknown_lora", UNKNOWN_LORA)
+        raise ApiError(404, "unknown_lora", str(no_such_run(ref, list(run_loras(workspace)))))
     return LoraRef(run.lora_path.parent, run.lora_path.name, run.name)
 
 

@@ -282,6 +282,31 @@ def publish(src: str | Path, dest: str | Path, name: str | None = None, overwrit
     return out
 
 
+def delete_dataset(workspace, name: str, in_use: Iterable[str | Path] = ()) -> Path:
+    """Delete the dataset ``name`` of ``workspace``: only a name :func:`list_datasets` lists is
+    accepted (never a path), only a folder of the workspace's datasets folder, and never one
+    whose folder is in ``in_use`` (the datasets of queued
+    or running trainings). The folder is renamed out of the list first, then removed. Returns
+    the folder it was."""
+    match = next((d for d in list_datasets(workspace) if d["name"] == name), None)
+    if match is None:
+        raise DatasetError(f"There is no dataset named {name!r}; refresh the list.")
+    path = Path(match["path"]).resolve()
+    if path.parent != workspace.datasets_dir.resolve():
+        raise DatasetError(f"The dataset {name} lives outside the workspace's datasets folder; "
+                           "it is only deleted there, by hand.")
+    if path in {Path(p).resolve() for p in in_use}:
+        raise DatasetError(f"The dataset {name} is used by a queued or running training; cancel "
+                           "it first.")
+    gone = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(path, gone)
+    except OSError as exc:
+        raise DatasetError(f"The dataset {name} could not be deleted ({exc.strerror}).") from None
+    shutil.rmtree(gone, ignore_errors=True)
+    return path
+
+
 def list_datasets(workspace) -> list[dict[str, Any]]:
     """The one list of datasets: registered ones whose folder is still a dataset, plus dataset
     folders in the workspace nobody registered (e.g. copied in, or prepared with another

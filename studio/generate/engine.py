@@ -213,7 +213,7 @@ class Generator:
                         "or turn off the refiner.") from exc
                 params = {
                     **{k: v for k, v in asdict(req).items() if k not in ("lora", "refiner")},
-                    "seed": seed, "num_images": 1,
+                    "seed": seed, "num_images": n,
                     "lora": lora_ref.label if lora_ref else None,
                     "lora_scale": float(req.lora_scale) if lora_ref else None,
                     "refiner": self.refiner_source if refiner is not None else None,

@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from studio.errors import StudioError
 from studio.fsutil import atomic_write, atomic_write_bytes
 
 JSON_KEY = "studio"
@@ -72,6 +73,10 @@ def read_params(path: str | Path) -> dict[str, Any]:
         return {}
 
 
+class GalleryError(StudioError, ValueError):
+    """A gallery image that cannot be found or removed (one sentence)."""
+
+
 @dataclass
 class GalleryItem:
     path: Path
@@ -98,6 +103,21 @@ class Gallery:
         if limit:
             files = files[:limit]
         return [GalleryItem(p, read_params(p)) for p in files]
+
+    def delete(self, names: list[str]) -> int:
+        """Delete the images named ``names``; only names this gallery lists are accepted (a
+        name is never joined into a path). Returns how many were deleted."""
+        listed = {p.name: p for p in self.folder.glob("*.png")}
+        names = [str(n) for n in names or []]
+        if not names:
+            raise GalleryError("Select an image in the gallery first.")
+        unknown = [n for n in names if n not in listed]
+        if unknown:
+            raise GalleryError(f"The image {unknown[0]!r} is not in the gallery (any more); "
+                               "refresh the gallery.")
+        for n in dict.fromkeys(names):
+            listed[n].unlink(missing_ok=True)
+        return len(set(names))
 
     def export_zip(self, out: str | Path, paths: list[Path] | None = None) -> Path:
         """One zip: the images plus ``metadata.csv`` and ``metadata.jsonl`` (a row per image)."""

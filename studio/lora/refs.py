@@ -1,7 +1,9 @@
 """LoRA references a user types: a local file or folder, or a Hub id.
 
 ``resolve_lora`` turns one into a :class:`LoraRef` (folder + weight file); Hub files are
-downloaded once into the Hub cache with :func:`studio.models.hub_endpoint`. ``hub_lora`` takes a
+downloaded once into the Hub cache with :func:`studio.models.hub_endpoint`. Given the workspace,
+a name without "/" is a training run of it (:func:`run_loras`), never a Hub id: an unknown name
+is :class:`NoSuchRunError`, which lists the runs there are. ``hub_lora`` takes a
 Hub id only (never a local path), optionally without the operator's token (HTTP API requests).
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from studio.lora.formats import DIFFUSERS_FILE as LORA_FILE
 from studio.models import ModelLoadError, hub_endpoint, looks_like_path
+from studio.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +31,63 @@ class LoraRef:
     label: str
 
 
+class NoSuchRunError(ModelLoadError):
+    """A LoRA given by a run name that no run of the workspace (with a LoRA) has."""
+
+
+def run_loras(workspace) -> dict[str, Path]:
+    """Run name -> the run's final LoRA file, for every run of ``workspace`` that has one, newest
+    first (the runs the LoRA lists of the UI offer)."""
+    out: dict[str, Path] = {}
+    for row in workspace.list_runs():
+        run = RunFolder(row["path"])
+        if run.has_lora():
+            out.setdefault(str(row["name"]), run.lora_path)
+    return out
+
+
+def run_lora(workspace, name: str) -> LoraRef:
+    """The final LoRA of the run ``name`` of ``workspace`` (labelled with the run's name)."""
+    runs = run_loras(workspace)
+    path = runs.get(name)
+    if path is None:
+        raise no_such_run(name, list(runs))
+    return LoraRef(path.parent, path.name, name)
+
+
+def no_such_run(name: str, runs: list[str]) -> NoSuchRunError:
+    """The one sentence for a run name that is not one of ``runs`` (the runs with a LoRA)."""
+    if runs:
+        known = ", ".join(runs[:10]) + (", ..." if len(runs) > 10 else "")
+        return NoSuchRunError(f"No trained run is named {name!r} (a Hub LoRA is owner/name); "
+                              f"the runs with a LoRA are: {known}.")
+    return NoSuchRunError(f"No trained run is named {name!r}, and no run has a LoRA yet; train "
+                          "one first, or give a .safetensors file or a Hub id such as "
+                          "owner/name.")
+
+
+def is_run_name(ref: str) -> bool:
+    """A name without "/" or ":" (a run's name; never a Hub id, which is owner/name)."""
+    return not any(c in ref for c in "/\\:") and not ref.endswith(".safetensors")
+
+
 # owner/name:path/in/repo.safetensors (a file in a subfolder has more slashes than a bare id)
 _HUB_FILE_REF = re.compile(r"^[\w.-]+/[\w.-]+:[\w./-]+\.safetensors$")
 
 
-def resolve_lora(ref: str | LoraRef) -> LoraRef:
-    """Resolve a LoRA given as a local file/folder or a Hub id (``owner/name`` or
-    ``owner/name:file.safetensors``); Hub files are downloaded once into the Hub cache. A
-    :class:`LoraRef` (already resolved, e.g. by the HTTP API) is returned as it is."""
+def resolve_lora(ref: str | LoraRef, workspace=None) -> LoraRef:
+    """Resolve a LoRA given as a local file/folder, a run of ``workspace`` (its name) or a Hub
+    id (``owner/name`` or ``owner/name:file.safetensors``); Hub files are downloaded once into
+    the Hub cache. A :class:`LoraRef` (already resolved, e.g. by the HTTP API) is returned as it
+    is."""
     if isinstance(ref, LoraRef):
         return ref
     ref = (ref or "").strip()
     if not ref:
         raise ModelLoadError("No LoRA was given.")
     p = Path(ref).expanduser()
+    if workspace is not None and is_run_name(ref) and not p.exists():
+        return run_lora(workspace, ref)
     if p.exists() or (looks_like_path(ref) and not _HUB_FILE_REF.match(ref)):
         if p.is_file():
             return LoraRef(p.parent, p.name, ref)

@@ -80,6 +80,8 @@ def scrub(text: str, *secrets: str | None) -> str:
 def check_repo_id(repo_id: str) -> str:
     """``owner/name`` or raise ShareError."""
     rid = (repo_id or "").strip()
+    if not rid:
+        raise ShareError("Enter a Hub repo id such as your-name/my-lora.")
     if rid.startswith(("https://", "http://")):
         rid = re.sub(r"^https?://[^/]+/(datasets/)?", "", rid).strip("/")
     if not _REPO_RE.match(rid) or ".." in rid or "--" in rid or rid.endswith((".", "-")):

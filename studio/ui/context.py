@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.lora.refs import run_loras
 from studio.models import model_source
-from studio.runs.folder import RunFolder
 from studio.workspace import Workspace
 
 
@@ -46,10 +46,10 @@ class AppContext:
         return ("**Demo mode**: the models are tiny and have random weights, so images are noise "
                 "and captions are random words. Everything else works as with the real models.")
 
-    def lora_choices(self) -> list[str]:
-        """LoRAs found in the workspace's runs (final LoRA of each finished run)."""
-        runs = [RunFolder(run["path"]) for run in self.workspace.list_runs()]
-        return [str(run.lora_path) for run in runs if run.has_lora()]
+    def lora_choices(self) -> list[tuple[str, str]]:
+        """(run name, its final LoRA file) of every run of the workspace with a LoRA, newest
+        first: the Generate tab's LoRA list."""
+        return [(name, str(path)) for name, path in run_loras(self.workspace).items()]
 
     def environment(self) -> dict[str, str]:
         """Environment for subprocesses started by the UI (same model choices)."""

@@ -9,7 +9,6 @@ from the list, rewrites its captions in place).
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 import uuid
@@ -25,13 +24,24 @@ from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, FRAMING_HELP
 from studio.dataset.faces import DETECTOR_CHOICES
 from studio.dataset.pipeline import prepare_dataset
 from studio.errors import StudioError
+from studio.ui.confirm import delete_buttons, wire_delete
 from studio.ui.context import AppContext
+from studio.ui.dataset_captions import (  # noqa: F401 (the tab's caption API)
+    HEADERS,
+    _keep,
+    _rows,
+    apply_caption,
+    bulk,
+    caption_editor,
+    connect_captions,
+    lint_markdown,
+    refresh_editor,
+)
 from studio.ui.dataset_identity import identity_markdown
 from studio.workspace import slugify
 
 log = logging.getLogger(__name__)
 
-HEADERS = ["file", "source", "caption", "keep"]
 UPLOAD_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".gif", ".zip"]
 THUMB = 256
 
@@ -85,32 +95,6 @@ def report_markdown(ds: store.DatasetInfo, notices: list[str] | None = None) -> 
     if not set_warn and not img_lines and not rejected:
         blocks.append("✅ No problems found.")
     return "\n\n".join(blocks)
-
-
-def _rows(table: Any) -> list[list[Any]]:
-    """The dataframe value as rows (Gradio may hand over a list or a pandas DataFrame)."""
-    if table is None:
-        return []
-    if hasattr(table, "values") and hasattr(table, "columns"):
-        return [list(r) for r in table.values.tolist()]
-    return [list(r) for r in table]
-
-
-def _keep(v: Any) -> bool:
-    """The keep column: only an explicit no/false/0/drop drops an image."""
-    if isinstance(v, str):
-        return v.strip().lower() not in ("false", "0", "no", "n", "drop")
-    return v is None or bool(v)
-
-
-def lint_markdown(rows: list[list[Any]], trigger: str, class_word: str) -> str:
-    kept = [r for r in rows if _keep(r[3])]
-    issues = cap.lint_captions([str(r[2]) for r in kept], trigger, class_word,
-                               [str(r[0]) for r in kept])
-    warn = cap.trigger_warnings(trigger, class_word)
-    if not issues and not warn:
-        return "✅ Captions look fine." if kept else ""
-    return "\n".join(f"- ⚠️ {w}" for w in warn + issues)
 
 
 def _clean_staging(root: Path, max_age_s: float = 24 * 3600) -> None:
@@ -204,23 +188,6 @@ def open_existing(ctx: AppContext, name: str) -> tuple[str | None, list, list, s
             f"Opened {ds.path}.")
 
 
-def bulk(rows_in: Any, op: str, a: str, b: str = "", regex: bool = False) -> tuple[list, str]:
-    rows = _rows(rows_in)
-    caps = [str(r[2] or "") for r in rows]
-    try:
-        if op == "replace":
-            caps = cap.find_replace(caps, a, b, regex=regex)
-        elif op == "prefix":
-            caps = cap.add_prefix(caps, a)
-        else:
-            caps = cap.add_suffix(caps, a)
-    except StudioError as exc:
-        return rows, f"⚠️ {exc}"
-    for r, c in zip(rows, caps, strict=True):
-        r[2] = c
-    return rows, f"Edited {len(rows)} caption(s); Save to keep the changes."
-
-
 def dataset_names(ctx: AppContext) -> list[str]:
     return [d["name"] for d in store.list_datasets(ctx.workspace)]
 
@@ -229,22 +196,30 @@ def trigger_note(trigger: str, class_word: str) -> str:
     return "\n".join(f"⚠️ {w}" for w in cap.trigger_warnings(trigger, class_word))
 
 
-def select_row(rows_in: Any, evt: gr.SelectData) -> tuple[Any, Any]:
-    """A click on a table cell or a gallery image: that row's index and caption."""
-    rows = _rows(rows_in)
-    idx = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    if idx is None or not (0 <= int(idx) < len(rows)):
-        return gr.update(), gr.update()
-    return int(idx), str(rows[int(idx)][2])
+def saved_value(ctx: AppContext, folder: str | Path) -> str | None:
+    """The dataset at ``folder`` as the Train tab's dataset list names it (its listed path)."""
+    target = Path(folder).resolve()
+    return next((d["path"] for d in store.list_datasets(ctx.workspace)
+                 if Path(d["path"]).resolve() == target), None)
 
 
-def apply_caption(rows_in: Any, idx: Any, text: str) -> tuple[list, str]:
-    rows = _rows(rows_in)
-    i = int(idx or 0)
-    if not (0 <= i < len(rows)):
-        return rows, "⚠️ No such row."
-    rows[i][2] = re.sub(r"\s+", " ", str(text or "")).strip()
-    return rows, f"Caption of {rows[i][0]} changed; Save to keep it."
+def ask_delete(name: str | None) -> tuple[str | None, str]:
+    if not name:
+        return None, "⚠️ Pick a dataset in the list first."
+    return name, f"Delete the dataset {name} and its images? This cannot be undone."
+
+
+def delete_dataset(ctx: AppContext, name: str, current: str | None) -> tuple:
+    """Delete ``name`` (refused while a queued or running training uses it). Returns the
+    dataset list, the tab's current dataset, gallery, table, saved name, Train button and the
+    status; the editor is emptied when it showed the deleted dataset."""
+    busy = [j.dataset for j in ctx.job_service().list(["queued", "running"])]
+    gone = store.delete_dataset(ctx.workspace, name, in_use=busy)
+    choices = gr.update(choices=dataset_names(ctx), value=None)
+    status = f"🗑️ Deleted the dataset {name}."
+    if current and Path(current).resolve() == gone:
+        return choices, None, [], [], None, gr.update(interactive=False), status
+    return choices, *(gr.update() for _ in range(5)), status
 
 
 class _Handlers:
@@ -257,43 +232,61 @@ class _Handlers:
                 progress=gr.Progress()):
         path, gal, rows, rep, msg = process(self.ctx, files, trigger, class_word, template,
                                             framing, detector, no_face, progress)
-        return path, gal, rows, rep, msg, lint_markdown(rows, trigger, class_word)
+        # A new, unsaved set: nothing to train on until it is saved.
+        return (path, gal, rows, rep, msg, lint_markdown(rows, trigger, class_word), None,
+                gr.update(interactive=False))
 
     def save(self, current, name, table):
-        return save(self.ctx, current, name, table)
+        new, choices, status = save(self.ctx, current, name, table)
+        if not status.startswith("✅"):
+            return new, choices, status, gr.update(), gr.update()
+        saved = saved_value(self.ctx, new)
+        return new, choices, status, saved, gr.update(interactive=saved is not None)
 
     def open(self, name):
-        return open_existing(self.ctx, name)
+        out = open_existing(self.ctx, name)
+        saved = saved_value(self.ctx, out[0]) if out[0] else None
+        return (*out, saved, gr.update(interactive=saved is not None))
 
     def choices(self):
         return gr.update(choices=dataset_names(self.ctx))
+
+    def delete(self, name, current):
+        return delete_dataset(self.ctx, name, current)
 
 
 def build(ctx: AppContext) -> dict:
     with gr.Tab("Dataset", id="dataset"):
         if ctx.demo:
             gr.Markdown(ctx.demo_note)
-        w: dict[str, Any] = {"current": gr.State(None)}
+        w: dict[str, Any] = {"current": gr.State(None), "saved_name": gr.State(None)}
         with gr.Row():
             w["existing"] = gr.Dropdown(dataset_names(ctx), value=None, label="Existing datasets",
                                         elem_id="ds-existing", scale=3)
             w["open"] = gr.Button("Open", size="sm", elem_id="ds-open", scale=1)
-            w["refresh"] = gr.Button("Refresh list", size="sm", scale=1)
+            w["refresh"] = gr.Button("Refresh list", size="sm", scale=1, elem_id="ds-refresh")
+            with gr.Column(scale=1, min_width=120):
+                w["delete"] = delete_buttons("ds")
+        w["list_status"] = gr.Markdown(elem_id="ds-list-status")
         with gr.Row():
             with gr.Column(scale=2):
                 w.update(_settings())
             with gr.Column(scale=3):
-                w["gallery"] = gr.Gallery(label="Original | crop", columns=2, height=420,
+                w["gallery"] = gr.Gallery(label="Original | crop (click one to edit its "
+                                          "caption)", columns=2, height=420,
                                           object_fit="contain", elem_id="ds-gallery")
                 w["report"] = gr.Markdown(elem_id="ds-report")
-        w.update(_caption_editor())
+        w.update(caption_editor())
         with gr.Row():
             w["name"] = gr.Textbox(label="Dataset name", value="my-dataset", elem_id="ds-name",
                                    info="Letters, digits, '.', '_' or '-'.", scale=3)
             w["save"] = gr.Button("Save dataset", variant="primary", elem_id="ds-save", scale=1)
         w["save_status"] = gr.Markdown(elem_id="ds-save-status")
+        w["to_train"] = gr.Button("Train on this dataset ▶", variant="primary",
+                                  interactive=False, elem_id="ds-to-train")
         _connect(_Handlers(ctx), w)
-    return {"files": w["files"], "table": w["table"], "gallery": w["gallery"], "save": w["save"]}
+    return {**{k: w[k] for k in ("files", "table", "gallery", "save", "existing", "to_train",
+                                 "saved_name")}, "ctx": ctx}
 
 
 def _settings() -> dict[str, Any]:
@@ -324,57 +317,27 @@ def _settings() -> dict[str, Any]:
     return w
 
 
-def _caption_editor() -> dict[str, Any]:
-    """The caption table, the one-row editor and the bulk edits."""
-    w: dict[str, Any] = {}
-    gr.Markdown("#### Captions\nEdit a caption in the table (or select a row and use the "
-                "editor below); type *no* in the keep column to drop an image.")
-    w["table"] = gr.Dataframe(headers=HEADERS, datatype=["str", "str", "str", "str"],
-                              type="array", interactive=True, static_columns=[0, 1], wrap=True,
-                              column_widths=["10%", "18%", "62%", "10%"], elem_id="ds-captions")
-    with gr.Row():
-        w["row_idx"] = gr.Number(value=0, precision=0, label="Row", minimum=0, scale=1,
-                                 elem_id="ds-row")
-        w["one_caption"] = gr.Textbox(label="Caption of the selected row", scale=5,
-                                      elem_id="ds-caption-edit")
-        w["apply_one"] = gr.Button("Apply", size="sm", scale=1, elem_id="ds-caption-apply")
-    with gr.Row():
-        w["find"] = gr.Textbox(label="Find", elem_id="ds-find")
-        w["replace"] = gr.Textbox(label="Replace with", elem_id="ds-replace")
-        w["use_regex"] = gr.Checkbox(label="Regex", value=False)
-        w["replace_btn"] = gr.Button("Replace all", size="sm", elem_id="ds-replace-btn")
-    with gr.Row():
-        w["affix"] = gr.Textbox(label="Prefix / suffix text", elem_id="ds-affix")
-        w["prefix_btn"] = gr.Button("Add prefix", size="sm", elem_id="ds-prefix-btn")
-        w["suffix_btn"] = gr.Button("Add suffix", size="sm", elem_id="ds-suffix-btn")
-    w["lint"] = gr.Markdown(elem_id="ds-lint")
-    return w
-
-
 def _connect(h: _Handlers, w: dict[str, Any]) -> None:
     """The tab's events."""
     settings = [w[k] for k in ("files", "trigger", "class_word", "template", "framing",
                                "detector", "no_face")]
-    w["process"].click(h.process, settings, [w[k] for k in ("current", "gallery", "table",
-                                                            "report", "status", "lint")],
-                       concurrency_limit=1, concurrency_id="gpu")
+    refresh_editor(w, w["process"].click(h.process, settings, [w[k] for k in (
+        "current", "gallery", "table", "report", "status", "lint", "saved_name", "to_train")],
+        concurrency_limit=1, concurrency_id="gpu"))
     for box in (w["trigger"], w["class_word"]):
         box.change(trigger_note, [w["trigger"], w["class_word"]], w["trigger_note"])
-    w["table"].change(lint_markdown, [w["table"], w["trigger"], w["class_word"]], w["lint"])
-    for source in (w["table"], w["gallery"]):
-        source.select(select_row, [w["table"]], [w["row_idx"], w["one_caption"]])
-    edited = [w["table"], w["save_status"]]
-    w["apply_one"].click(apply_caption, [w["table"], w["row_idx"], w["one_caption"]], edited)
-    w["replace_btn"].click(lambda r, a, b, x: bulk(r, "replace", a, b, x),
-                           [w["table"], w["find"], w["replace"], w["use_regex"]], edited)
-    w["prefix_btn"].click(lambda r, a: bulk(r, "prefix", a), [w["table"], w["affix"]], edited)
-    w["suffix_btn"].click(lambda r, a: bulk(r, "suffix", a), [w["table"], w["affix"]], edited)
+    connect_captions(w)
     w["save"].click(h.save, [w["current"], w["name"], w["table"]],
-                    [w["current"], w["existing"], w["save_status"]])
-    w["open"].click(h.open, [w["existing"]],
-                    [w[k] for k in ("current", "gallery", "table", "report", "name", "trigger",
-                                    "class_word", "status")])
+                    [w[k] for k in ("current", "existing", "save_status", "saved_name",
+                                    "to_train")])
+    refresh_editor(w, w["open"].click(h.open, [w["existing"]], [w[k] for k in (
+        "current", "gallery", "table", "report", "name", "trigger", "class_word", "status",
+        "saved_name", "to_train")]))
     w["refresh"].click(h.choices, None, w["existing"])
+    refresh_editor(w, wire_delete(w["delete"], ask_delete, [w["existing"]], h.delete,
+                                  [w[k] for k in ("existing", "current", "gallery", "table",
+                                                  "saved_name", "to_train")],
+                                  w["list_status"], extra=[w["current"]]))
     # Every page load (a browser refresh, a restarted app) lists the datasets on disk.
     from gradio.context import Context
 

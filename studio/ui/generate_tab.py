@@ -17,21 +17,17 @@ from studio.errors import StudioError
 from studio.generate.gallery import Gallery, read_params
 from studio.generate.request import LIMITS, GenerationRequest
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from studio.lora.refs import is_run_name, resolve_lora
 from studio.models import looks_like_path
+from studio.ui import generate_gallery as gg
+from studio.ui.confirm import delete_buttons, wire_delete
 from studio.ui.context import AppContext
+from studio.ui.generate_gallery import NO_LORA, gallery_value, lora_choices, lora_update
 
 log = logging.getLogger(__name__)
-
-NO_LORA = "(none)"
-GALLERY_LIMIT = 200
 # The request's inputs, in the order run_generation takes them.
 INPUTS = ("prompt", "negative", "lora", "lora_scale", "scheduler", "steps", "guidance", "width",
           "height", "seed", "num_images", "use_refiner", "refiner_switch")
-
-
-def _gallery_value(gallery: Gallery) -> list[tuple[str, str]]:
-    return [(str(it.path), (it.params.get("prompt") or "")[:80])
-            for it in gallery.items(limit=GALLERY_LIMIT)]
 
 
 def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lora_scale,
@@ -40,6 +36,10 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
     """Generate with the operator's models and save; returns (gallery value, status markdown).
     Never raises for user errors."""
     lora = None if not lora or lora == NO_LORA else str(lora).strip()
+    try:  # a name without "/" is a run of this workspace, never a Hub id
+        lora = resolve_lora(lora, ctx.workspace) if lora and is_run_name(lora) else lora
+    except StudioError as exc:
+        return gallery_value(gallery), f"**Error:** {exc}"
     req = GenerationRequest(
         prompt=prompt or "", negative_prompt=negative or "", seed=int(seed),
         steps=int(steps), guidance=float(guidance), width=int(width), height=int(height),
@@ -54,15 +54,15 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
     try:
         results = ctx.generation_service().generate(req, progress=report)
     except StudioError as exc:  # GenerationError, ModelLoadError: one sentence
-        return _gallery_value(gallery), f"**Error:** {exc}"
+        return gallery_value(gallery), f"**Error:** {exc}"
     except Exception as exc:  # an unexpected failure: keep the app alive, say what happened
         log.exception("generation failed")
         detail = "" if ctx.remote else f": {type(exc).__name__}: {str(exc)[:200]}"
-        return _gallery_value(gallery), f"**Error:** generation failed{detail}."
+        return gallery_value(gallery), f"**Error:** generation failed{detail}."
     for r in results:
         gallery.add(r.image, r.params)
     seeds = ", ".join(str(r.params["seed"]) for r in results)
-    return (_gallery_value(gallery),
+    return (gallery_value(gallery),
             f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds}).")
 
 
@@ -82,7 +82,7 @@ def _request_inputs(ctx: AppContext) -> dict:
          "negative": gr.Textbox(label="Negative prompt", lines=2, elem_id="gen-negative",
                                 value="blurry, lowres, deformed, watermark")}
     with gr.Row():
-        c["lora"] = gr.Dropdown(label="LoRA", choices=[NO_LORA] + ctx.lora_choices(),
+        c["lora"] = gr.Dropdown(label="LoRA", choices=lora_choices(ctx),
                                 value=NO_LORA, allow_custom_value=True, elem_id="gen-lora",
                                 info="A trained run, a .safetensors path, or a Hub id "
                                      "(owner/name or owner/name:file.safetensors).")
@@ -133,16 +133,18 @@ def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:
                   concurrency_limit=1, concurrency_id="gpu")
 
     def on_select(evt: gr.SelectData):
-        items = gallery.items(limit=GALLERY_LIMIT)
-        if evt.index is None or evt.index >= len(items):
-            return None
-        it = items[evt.index]
-        return {"file": it.path.name, **read_params(it.path)}
+        name = gg.selected_name(gallery, evt)
+        meta = {"file": name, **read_params(gallery.folder / name)} if name else None
+        return name, meta, ""
 
-    c["images"].select(on_select, None, c["meta"])
-    c["refresh"].click(lambda: (_gallery_value(gallery),
-                                gr.update(choices=[NO_LORA] + ctx.lora_choices())),
+    c["images"].select(on_select, None, [c["selected"], c["meta"], c["gallery_status"]])
+    c["refresh"].click(lambda: (gallery_value(gallery), lora_update(ctx)),
                        None, [c["images"], c["lora"]])
+    c["reuse"].click(lambda name: gg.reuse_settings(gallery, name), c["selected"],
+                     [*(c[k] for k in gg.REUSED), c["gallery_status"]])
+    wire_delete(c["delete"], gg.ask_delete, [c["selected"]],
+                lambda names: gg.delete_images(gallery, names),
+                [c["images"], c["selected"], c["meta"]], c["gallery_status"])
 
     def on_export():
         try:
@@ -156,7 +158,7 @@ def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:
 
 def build(ctx: AppContext) -> dict:
     gallery = Gallery(ctx.workspace.gallery_dir)
-    with gr.Tab("Generate", id="generate"):
+    with gr.Tab("Generate", id="generate") as tab:
         if ctx.demo:
             gr.Markdown(ctx.demo_note)
         with gr.Row():
@@ -166,15 +168,34 @@ def build(ctx: AppContext) -> dict:
                 c["go"] = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 c["status"] = gr.Markdown(elem_id="gen-status")
             with gr.Column(scale=3):
-                c["images"] = gr.Gallery(value=_gallery_value(gallery), label="Gallery",
+                c["images"] = gr.Gallery(value=gallery_value(gallery), label="Gallery",
                                          columns=3, height=520, elem_id="gen-gallery",
                                          object_fit="contain")
+                c["selected"] = gr.State(None)  # the selected image's file name
+                with gr.Row():
+                    c["reuse"] = gr.Button("Reuse this image's settings", size="sm",
+                                           elem_id="gen-reuse")
+                    c["delete"] = delete_buttons("gen")
+                c["gallery_status"] = gr.Markdown(elem_id="gen-gallery-status")
                 c["meta"] = gr.JSON(label="Image parameters", elem_id="gen-meta")
                 with gr.Row():
-                    c["refresh"] = gr.Button("Refresh gallery", size="sm")
+                    c["refresh"] = gr.Button("Refresh gallery", size="sm", elem_id="gen-refresh")
                     c["export"] = gr.Button("Export gallery (zip)", size="sm",
                                             elem_id="gen-export")
-                c["export_file"] = gr.File(label="Export", interactive=False,
+                c["export_file"] = gr.File(label="Export", interactive=False, height=110,
                                            elem_id="gen-export-file")
         _wire(ctx, gallery, c)
+    c["tab"] = tab
+    c["lists"] = lambda: (gallery_value(gallery), lora_update(ctx))
+    # Opening the tab reads the runs again: a run that finished meanwhile is in the LoRA list.
+    tab.select(lambda: lora_update(ctx), None, c["lora"], show_progress="hidden")
     return c
+
+
+def wire(components: dict) -> None:
+    """Every page load fills the gallery and the LoRA list from the disk. (Opening the tab,
+    by a click or by "Use this LoRA in Generate", reads the runs again: see :func:`build`.)"""
+    mine = components.get("generate") or {}
+    app = components.get("app")
+    if app is not None and mine.get("lists") is not None:
+        app.load(mine["lists"], None, [mine["images"], mine["lora"]], show_progress="hidden")

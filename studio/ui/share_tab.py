@@ -109,18 +109,30 @@ def _dataset_names(ctx: AppContext) -> list[str]:
     return [d["name"] for d in list_datasets(ctx.workspace)]
 
 
+def share_lists(ctx: AppContext, current: str | None) -> tuple:
+    """The run list (the current run kept when it is still there), its checkpoints and the
+    dataset list, read from the disk."""
+    names = [r["name"] for r in ctx.workspace.list_runs()]
+    cur = current if current in names else (names[0] if names else None)
+    return (gr.update(choices=names, value=cur),
+            gr.update(choices=checkpoint_choices(ctx, cur), value=FINAL),
+            gr.update(choices=_dataset_names(ctx)))
+
+
 def build(ctx: AppContext) -> dict:
     runs = [r["name"] for r in ctx.workspace.list_runs()]
-    with gr.Tab("Share", id="share"):
+    with gr.Tab("Share", id="share") as tab:
         gr.Markdown("Push your LoRA to the Hugging Face Hub (private by default: it shows a real "
                     "person), or download it as one zip for AUTOMATIC1111 / ComfyUI.")
         token_state = gr.State(None)  # this browser session only
         with gr.Row():
             run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run",
-                              elem_id="share-run")
+                              elem_id="share-run",
+                              info="A run of this workspace; train one in the Train tab.")
             checkpoint = gr.Dropdown(checkpoint_choices(ctx, runs[0] if runs else None),
                                      value=FINAL, label="LoRA", elem_id="share-checkpoint")
-            refresh = gr.Button("Refresh", size="sm", elem_id="share-refresh")
+            refresh = gr.Button("Refresh", size="sm", elem_id="share-refresh", scale=0,
+                                min_width=100)
         with gr.Row():
             repo = gr.Textbox(label="Hub repo", placeholder="your-name/my-lora",
                               elem_id="share-repo")
@@ -135,7 +147,8 @@ def build(ctx: AppContext) -> dict:
             bundle = gr.Button("Download bundle (zip)", elem_id="share-bundle")
         status = gr.Markdown(elem_id="share-status")
         url = gr.Textbox(label="Repo URL", interactive=False, elem_id="share-url")
-        bundle_file = gr.File(label="Bundle", interactive=False, elem_id="share-bundle-file")
+        bundle_file = gr.File(label="Bundle", interactive=False, elem_id="share-bundle-file",
+                              height=110)
         with gr.Accordion("Push a dataset", open=False):
             dsets = _dataset_names(ctx)
             dataset = gr.Dropdown(dsets, value=dsets[0] if dsets else None, label="Dataset",
@@ -175,13 +188,20 @@ def build(ctx: AppContext) -> dict:
         bundle.click(lambda r, c: on_bundle(ctx, r, c), [run, checkpoint], [bundle_file, status])
 
         def on_refresh(current):
-            names = [r["name"] for r in ctx.workspace.list_runs()]
-            cur = current if current in names else (names[0] if names else None)
-            return (gr.update(choices=names, value=cur),
-                    gr.update(choices=checkpoint_choices(ctx, cur), value=FINAL),
-                    gr.update(choices=_dataset_names(ctx)))
+            return share_lists(ctx, current)
 
         refresh.click(on_refresh, run, [run, checkpoint, dataset])
+        # Opening the tab reads the runs and datasets again (a run or dataset made meanwhile).
+        tab.select(on_refresh, run, [run, checkpoint, dataset], show_progress="hidden")
         run.change(lambda r: gr.update(choices=checkpoint_choices(ctx, r), value=FINAL), run,
                    checkpoint)
-    return {"run": run, "repo": repo, "token": token, "push": push, "status": status, "url": url}
+    return {"run": run, "repo": repo, "token": token, "push": push, "status": status, "url": url,
+            "checkpoint": checkpoint, "dataset": dataset, "lists": on_refresh}
+
+
+def wire(components: dict) -> None:
+    """Every page load lists the runs, their checkpoints and the datasets on disk."""
+    mine, app = components.get("share") or {}, components.get("app")
+    if app is not None and mine.get("lists") is not None:
+        app.load(mine["lists"], mine["run"], [mine["run"], mine["checkpoint"], mine["dataset"]],
+                 show_progress="hidden")
