@@ -26,7 +26,9 @@ class Caches:
     def __init__(self, models: SDXLModels, device, train_text_encoder: bool, keep_vae: bool):
         self.m = models
         self.device = device
-        self.train_text_encoder = train_text_encoder
+        # New token rows (pivotal tuning) train through the encoders, like their LoRA.
+        self.train_text_encoder = train_text_encoder or models.pivotal is not None
+        self.prompt_map = models.pivotal.apply if models.pivotal is not None else None
         self.keep_vae = keep_vae
         self.latents: dict[tuple[str, int], Any] = {}
         self.embeds: dict[str, tuple[Any, Any]] = {}
@@ -110,9 +112,12 @@ class Caches:
         return latents, osz, ctl
 
     def batch_embeddings(self, prompts: list[str]):
-        """(prompt embeddings, pooled embeddings) of a batch's prompts."""
+        """(prompt embeddings, pooled embeddings) of a batch's prompts (with pivotal tuning, the
+        trigger in them becomes the new tokens)."""
         import torch
 
+        if self.prompt_map is not None:
+            prompts = [self.prompt_map(p) for p in prompts]
         if self.embeds:
             embeds = torch.cat([self.embeds[p][0] for p in prompts]).to(self.device)
             pooled = torch.cat([self.embeds[p][1] for p in prompts]).to(self.device)

@@ -37,6 +37,7 @@ class SDXLModels:
     vae: Any
     vae_dtype: Any
     prediction_type: str
+    pivotal: Any = None  # studio.train.pivotal.Pivotal: the trigger's new tokens, when trained
 
 
 def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
@@ -86,7 +87,8 @@ def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
 def add_lora(models: SDXLModels, lc: LoraSection, gradient_checkpointing: bool,
              weight_dtype) -> list[Any]:
     """Add the LoRA layers (peft, gaussian init); returns the trained models (the UNet, then
-    both text encoders when they are trained), their LoRA parameters in fp32."""
+    both text encoders when their LoRA or their new token rows train), their trained parameters
+    in fp32."""
     import torch
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
@@ -102,7 +104,8 @@ def add_lora(models: SDXLModels, lc: LoraSection, gradient_checkpointing: bool,
         if lc.train_text_encoder:
             for te in models.text_encoders:
                 te.gradient_checkpointing_enable()
-    trained = [models.unet] + (models.text_encoders if lc.train_text_encoder else [])
+    te_train = lc.train_text_encoder or models.pivotal is not None
+    trained = [models.unet] + (models.text_encoders if te_train else [])
     if weight_dtype != torch.float32:
         cast_training_params(trained, dtype=torch.float32)
     return trained
