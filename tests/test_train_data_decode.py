@@ -122,3 +122,21 @@ def test_training_steps_decode_no_photo_again(extra, most, tmp_path, tiny_models
     assert loads.calls - cb.at_start == most
     if most == 0:
         assert cb.at_start == 2  # the latent cache read each photo once
+
+
+def test_loader_workers_keep_their_photos_across_epochs(tmp_path, tiny_models):
+    """With loader workers the workers persist (their decoded photos with them) and the run is
+    the one the main process would train."""
+    ds = make_dataset(tmp_path / "ds", n=2)
+    losses = []
+    for workers in (0, 1):
+        cfg = load_config(overrides=fast_overrides(tmp_path / f"run{workers}", ds,
+                                                   tiny_models["base"], steps=4)
+                          + [f"train.dataloader_num_workers={workers}", "data.crop=random",
+                             "data.random_flip=true"])
+        trainer = Trainer(cfg)
+        result = trainer.run()
+        assert result.status == "finished"
+        losses.append(result.loss_history)
+    assert trainer.loader.persistent_workers
+    assert losses[0] == losses[1]

@@ -329,5 +329,7 @@ def training_data(cfg: TrainConfig, class_images_dir: Path,
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                                          collate_fn=collate,
                                          num_workers=cfg.train.dataloader_num_workers,
+                                         # workers keep their decoded photos across epochs
+                                         persistent_workers=cfg.train.dataloader_num_workers > 0,
                                          generator=torch.Generator().manual_seed(cfg.train.seed))
     return TrainingData(ds, inst, dataset, sampler, loader)
