@@ -49,6 +49,7 @@ class Caches:
             if d.crop == "random" or d.random_flip:
                 warnings.append("data.cache_latents freezes one crop/flip per image.")
             self._cache_latents(dataset)
+            dataset.drop_pixels()  # the steps read the cache, never the photos
             if not self.keep_vae:
                 self.m.vae.to("cpu")
         if not self.train_text_encoder and d.cache_text_embeddings:
