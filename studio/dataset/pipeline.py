@@ -26,6 +26,7 @@ from studio.dataset.captioners import DEFAULT_CAPTIONER, Captioner, get_captione
 from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, CropResult, crop_face
 from studio.dataset.faces import FaceDetector, get_detector
 from studio.dataset.ingest import MIN_SIDE, IngestedImage, InputItem, ingest
+from studio.dataset.masks import face_mask
 from studio.dataset.quality import ImageFacts, image_report, set_report
 from studio.dataset.store import DatasetInfo, Entry, write_dataset
 
@@ -182,7 +183,7 @@ def _entries(kept: list[tuple[IngestedImage, CropResult]], captions: list[str],
         rep["notes"] = img.notes
         rep["crop_method"] = crop.method
         images_report.append(rep)
-        entries.append(Entry(file_name, crop.image, img.image, caption, img.name))
+        entries.append(Entry(file_name, crop.image, img.image, caption, img.name, face_mask(crop)))
         outcomes.append(FileOutcome(img.name, "accepted", output=file_name, caption=caption,
                                     warnings=rep["warnings"]))
     return entries, images_report

@@ -31,6 +31,7 @@ class Caches:
         self.prompt_map = models.pivotal.apply if models.pivotal is not None else None
         self.keep_vae = keep_vae
         self.latents: dict[tuple[str, int], Any] = {}
+        self.masks: dict[tuple[str, int], Any] = {}  # face masks of the cached instance images
         self.embeds: dict[str, tuple[Any, Any]] = {}
 
     def encode_latents(self, pixel_values):
@@ -65,6 +66,8 @@ class Caches:
             it = dataset.instance_item(i, 0)
             self._cache_latent(("instance", it["index"]), it["pixel_values"],
                                it["original_size"], it["crop_top_left"])
+            if "mask" in it:
+                self.masks[("instance", it["index"])] = it["mask"]
         for j in range(len(dataset.class_examples)):
             it = dataset.class_item(j)
             self._cache_latent(("class", j), it["class_pixel_values"],
@@ -111,6 +114,17 @@ class Caches:
         osz = [self.latents[tuple(k)][2] for k in keys]
         ctl = [self.latents[tuple(k)][3] for k in keys]
         return latents, osz, ctl
+
+    def batch_masks(self, batch: dict[str, Any]):
+        """The uint8 face masks [B, 1, H, W] of a batch's instance half, None without masks."""
+        import torch
+
+        if not self.latents:
+            return batch.get("masks")
+        keys = [tuple(k) for k in batch["keys"] if k[0] == "instance"]
+        if not self.masks or not keys:
+            return None
+        return torch.stack([self.masks[k] for k in keys])
 
     def batch_embeddings(self, prompts: list[str]):
         """(prompt embeddings, pooled embeddings) of a batch's prompts (with pivotal tuning, the

@@ -24,6 +24,8 @@ from studio.dataset.sources import (
     default_instance_prompt,
     load_dataset,
 )
+from studio.train.buckets import bucket_sampler
+from studio.train.masks import mask_set
 from studio.train.sdxl import pipeline_image
 
 log = logging.getLogger(__name__)
@@ -61,34 +63,44 @@ def example_prompts(cfg: TrainConfig, ds: LoadedDataset) -> list[str]:
 
 
 # ---- transforms ------------------------------------------------------------------------------
-def resize_short_side(img, resolution: int):
-    """The image (PIL) with its short side resized to ``resolution`` (Lanczos) as an HxWx3 uint8
-    array, and its original size (h, w)."""
+Size = int | tuple[int, int]  # a square side, or (height, width) of an aspect-ratio bucket
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_short_side(img, resolution: Size):
+    """The image (PIL) resized (Lanczos) to cover ``resolution`` (its short side to a square's
+    side; a bucket's height and width both covered) as an HxWx3 uint8 array (HxW for a
+    one-channel image), and its original size (h, w)."""
     import numpy as np
     from PIL import Image
 
+    th, tw = _hw(resolution)
     original_size = (img.height, img.width)
-    scale = resolution / min(img.width, img.height)
-    w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
+    scale = max(th / img.height, tw / img.width)
+    w, h = max(tw, round(img.width * scale)), max(th, round(img.height * scale))
     return np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), dtype=np.uint8), original_size
 
 
-def crop_flip(arr, resolution: int, crop: str, flip: bool, rng: random.Random):
-    """Flip (probability 0.5) and crop a resized uint8 array; returns (CxHxW uint8 tensor,
-    crop_top_left). The draws: flip first, then the crop's y and x."""
+def crop_flip(arr, resolution: Size, crop: str, flip: bool, rng: random.Random):
+    """Flip (probability 0.5) and crop a resized uint8 HxWxC array to ``resolution``; returns
+    (CxHxW uint8 tensor, crop_top_left). The draws: flip first, then the crop's y and x."""
     import numpy as np
     import torch
 
     h, w = arr.shape[:2]
+    th, tw = _hw(resolution)
     if flip and rng.random() < 0.5:
         arr = arr[:, ::-1]
     if crop == "center":
-        y1 = max(0, int(round((h - resolution) / 2.0)))
-        x1 = max(0, int(round((w - resolution) / 2.0)))
+        y1 = max(0, int(round((h - th) / 2.0)))
+        x1 = max(0, int(round((w - tw) / 2.0)))
     else:
-        y1 = rng.randint(0, h - resolution)
-        x1 = rng.randint(0, w - resolution)
-    out = np.ascontiguousarray(arr[y1:y1 + resolution, x1:x1 + resolution])
+        y1 = rng.randint(0, h - th)
+        x1 = rng.randint(0, w - tw)
+    out = np.ascontiguousarray(arr[y1:y1 + th, x1:x1 + tw])
     return torch.from_numpy(out).permute(2, 0, 1).contiguous(), (y1, x1)
 
 
@@ -130,6 +142,8 @@ class TrainDataset:
         self.class_examples = class_examples or []
         self.class_prompt = class_prompt_text
         self.pixels = True  # False once the latents are cached
+        self.sizes: list[tuple[int, int]] | None = None  # each photo's bucket (data.buckets)
+        self.masks = None  # studio.train.masks.MaskSet (data.mask_weight < 1)
         self._class_order: tuple[int, list[int]] | None = None  # (epoch, order), the last one
         self._images: dict[tuple[str, int], tuple[Any, tuple[int, int]]] = {}  # resized, size
         self._ready: dict[tuple[str, int], tuple[Any, tuple[int, int], tuple[int, int]]] = {}
@@ -142,10 +156,14 @@ class TrainDataset:
         """True when an image's pixels are the same every epoch (center crop, no flip)."""
         return self.crop == "center" and not self.flip
 
+    def size_of(self, key: tuple[str, int]) -> Size:
+        """The training size of an image: its bucket (data.buckets), else the square."""
+        return self.sizes[key[1]] if self.sizes and key[0] == "instance" else self.resolution
+
     def _resized(self, key: tuple[str, int]):
         """(resized uint8 array, original size) of an image, decoded on first use."""
         if key not in self._images:
-            self._images[key] = resize_short_side(self._load(key), self.resolution)
+            self._images[key] = resize_short_side(self._load(key), self.size_of(key))
         return self._images[key]
 
     def pixel_values(self, key: tuple[str, int], crop: str, flip: bool, rng: random.Random):
@@ -154,12 +172,12 @@ class TrainDataset:
             px, osz, ctl = self._ready[key]
             return to_pixels(px), osz, ctl
         if crop == "center" and not flip:
-            arr, osz = resize_short_side(self._load(key), self.resolution)
-            px, ctl = crop_flip(arr, self.resolution, crop, flip, rng)
+            arr, osz = resize_short_side(self._load(key), self.size_of(key))
+            px, ctl = crop_flip(arr, self.size_of(key), crop, flip, rng)
             self._ready[key] = (px, osz, ctl)
             return to_pixels(px), osz, ctl
         arr, osz = self._resized(key)
-        px, ctl = crop_flip(arr, self.resolution, crop, flip, rng)
+        px, ctl = crop_flip(arr, self.size_of(key), crop, flip, rng)
         return to_pixels(px), osz, ctl
 
     def drop_pixels(self) -> None:
@@ -196,8 +214,12 @@ class TrainDataset:
         out = {"prompt": self.prompts[idx], "index": idx}
         if self.pixels:
             rng = random.Random(hash((self.seed, epoch, i)) & 0xFFFFFFFF)
+            draws = rng.getstate()  # the mask repeats the image's flip and crop
             px, osz, ctl = self.pixel_values(("instance", idx), self.crop, self.flip, rng)
             out.update({"pixel_values": px, "original_size": osz, "crop_top_left": ctl})
+            if self.masks is not None:
+                out["mask"] = self.masks.mask(idx, self.size_of(("instance", idx)), self.crop,
+                                              self.flip, draws)
         return out
 
     def item(self, i: int, epoch: int = 0) -> dict[str, Any]:
@@ -252,6 +274,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         osz += [it["class_original_size"] for it in items]
         ctl += [it["class_crop_top_left"] for it in items]
     out.update({"pixel_values": torch.stack(px), "original_sizes": osz, "crop_top_lefts": ctl})
+    if "mask" in items[0]:  # face masks of the instance half (studio.train.masks)
+        out["masks"] = torch.stack([it["mask"] for it in items])
     return out
 
 
@@ -322,12 +346,16 @@ def training_data(cfg: TrainConfig, class_images_dir: Path,
             raise DatasetError(f"data.class_data_dir: no class images in {folder}.")
     dataset = TrainDataset(ds.examples, prompts, d.resolution, d.crop, d.random_flip, d.repeats,
                            cfg.train.seed, class_examples, cprompt)
+    dataset.masks = mask_set(cfg, ds.examples, resize_short_side, crop_flip)
     sampler = EpochSampler(len(dataset), cfg.train.seed)
+    batching: dict[str, Any] = {"batch_size": cfg.train.batch_size, "sampler": sampler}
+    if d.buckets:  # each batch from one aspect-ratio bucket
+        sampler = bucket_sampler(dataset, cfg)
+        batching = {"batch_sampler": sampler}
     # The loader's own generator: each new iterator (every epoch, and the one a resume makes to
     # skip the batches already trained) draws its seed from it, not from the global RNG that the
     # training steps draw their noise from, so a resumed run draws what an unbroken one does.
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
-                                         collate_fn=collate,
+    loader = torch.utils.data.DataLoader(dataset, **batching, collate_fn=collate,
                                          num_workers=cfg.train.dataloader_num_workers,
                                          # workers keep their decoded photos across epochs
                                          persistent_workers=cfg.train.dataloader_num_workers > 0,

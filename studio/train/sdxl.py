@@ -111,12 +111,20 @@ def add_lora(models: SDXLModels, lc: LoraSection, gradient_checkpointing: bool,
     return trained
 
 
-def compute_time_ids(original_size, crop_top_left, resolution: int, device, dtype):
-    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+def compute_time_ids(original_size, crop_top_left, resolution, device, dtype):
+    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w);
+    ``resolution``: the square side, or the (height, width) of an aspect-ratio bucket."""
     import torch
 
-    ids = list(original_size) + list(crop_top_left) + [resolution, resolution]
+    target = [resolution, resolution] if isinstance(resolution, int) else list(resolution)
+    ids = list(original_size) + list(crop_top_left) + target
     return torch.tensor([ids], device=device, dtype=dtype)
+
+
+def pixel_size(vae, latents) -> tuple[int, int]:
+    """(height, width) in pixels of a batch of latents (the VAE downsamples by 2 per block)."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(latents.shape[-2]) * f, int(latents.shape[-1]) * f
 
 
 def encode_prompt(text_encoders, tokenizers, prompts: list[str]):
