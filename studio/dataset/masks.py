@@ -33,10 +33,10 @@ def face_mask(crop: CropResult) -> Image.Image | None:
     out = crop.image.width
     x0, y0, x1, y1 = face.box
     pts = np.array([win.to_crop(p, out) for p in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
-    left, right = pts[:, 0].min(), pts[:, 0].max()
-    top, bottom = pts[:, 1].min(), pts[:, 1].max()
-    fw, fh = right - left, bottom - top
-    cx = (left + right) / 2
+    left, right = float(pts[:, 0].min()), float(pts[:, 0].max())
+    top, bottom = float(pts[:, 1].min()), float(pts[:, 1].max())
+    fw, fh = float(right - left), float(bottom - top)
+    cx = float(left + right) / 2
     if face.landmarks is not None and len(face.landmarks) == 5:
         cx = float(np.mean([win.to_crop(p, out)[0] for p in np.asarray(face.landmarks)]))
     mask = Image.new("L", crop.image.size, 0)
