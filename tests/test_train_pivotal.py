@@ -121,3 +121,29 @@ def test_generate_loads_the_embeddings_and_maps_the_trigger(run, tiny_models, tm
     assert np.abs(with_emb - without).max() > 0
     again, _ = _pixels(Generator(base=str(tiny_models["base"]), device="cpu"), str(run.run_dir))
     assert np.array_equal(again, with_emb)  # loading twice neither fails nor changes the image
+
+
+def test_presets_use_the_likeness_techniques():
+    piv = load_config(preset="portrait-pivotal")
+    assert piv.lora.train_text_embeddings and piv.lora.num_new_tokens == 2
+    assert piv.data.mask_weight == 0.3 and piv.train.optimizer == "prodigy"
+    assert piv.train.learning_rate == 1.0 and not piv.data.buckets
+    assert load_config(preset="style").data.buckets and load_config(preset="object").data.buckets
+    for square in ("portrait", "portrait-quality"):
+        assert not load_config(preset=square).data.buckets
+
+
+def test_bench_likeness_tiny_runs():
+    import json
+    import subprocess
+    import sys
+
+    from _train_support import ROOT, env
+
+    r = subprocess.run([sys.executable, "benchmarks/bench_likeness.py", "--tiny", "--steps", "1",
+                        "--warmup", "0", "--variants", "portrait", "portrait-pivotal"], cwd=ROOT,
+                       env=env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout[r.stdout.index("{"):])
+    assert [x["variant"] for x in report["results"]] == ["portrait", "portrait-pivotal"]
+    assert all(x["status"] == "finished" and x["cpu_s_per_step"] > 0 for x in report["results"])

@@ -142,13 +142,14 @@ def setup(models, cfg: TrainConfig, trigger: str | None) -> Pivotal | None:
     tokens = token_names(lc.num_new_tokens)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     rows_cls = _rows_module()
-    modules = []
-    for tok, enc in zip(models.tokenizers, models.text_encoders, strict=True):
-        have = [t for t in tokens if t in tok.get_vocab()]
-        if have:
-            raise PivotalError(f"lora.train_text_embeddings: the base's tokenizer already has "
-                               f"{have[0]}; pivotal tuning needs new tokens.")
-        tok.add_tokens(tokens)
+    modules: list[Any] = []
+    for i, (tok, enc) in enumerate(zip(models.tokenizers, models.text_encoders, strict=True)):
+        if tok not in models.tokenizers[:i]:  # both encoders may share one tokenizer
+            have = [t for t in tokens if t in tok.get_vocab()]
+            if have:
+                raise PivotalError(f"lora.train_text_embeddings: the base's tokenizer already "
+                                   f"has {have[0]}; pivotal tuning needs new tokens.")
+            tok.add_tokens(tokens)
         ids = tok.convert_tokens_to_ids(tokens)
         table = enc.get_input_embeddings()
         std = table.weight.detach().float().std()
