@@ -142,3 +142,28 @@ def test_mixed_aspect_photos_train_in_three_buckets(tmp_path, tiny_models, monke
         assert ids[:, 4].tolist() == [h * 8] * 2 and ids[:, 5].tolist() == [w * 8] * 2
         orig = {(int(a), int(b)) for a, b in ids[:, :2].tolist()}
         assert len(orig) == 1  # both photos of the batch have the bucket's shape
+
+
+def test_preparation_saves_a_mask_per_face_crop(tmp_path, tiny_models):
+    import io
+
+    import dataset_photos as dp
+
+    from studio.dataset.captioners import get_captioner
+    from studio.dataset.faces import HaarDetector
+    from studio.dataset.pipeline import prepare_dataset
+
+    buf = io.BytesIO()
+    dp.astronaut().save(buf, format="PNG")
+    out = tmp_path / "ds"
+    prepare_dataset([("astronaut.png", buf.getvalue())], out, trigger="tok", class_word="person",
+                    framing="head-and-shoulders", detector=HaarDetector(),
+                    captioner=get_captioner("blip", str(tiny_models["captioner"]),
+                                            max_new_tokens=4, num_beams=1))
+    mask_path = store.image_mask(out, "0001.png")
+    assert mask_path is not None
+    with Image.open(mask_path) as m, Image.open(out / store.IMAGES / "0001.png") as crop:
+        assert m.mode == "L" and m.size == crop.size
+        arr = np.asarray(m)
+    assert arr[arr.shape[0] // 2 - arr.shape[0] // 10, arr.shape[1] // 2] > 200  # the face
+    assert arr[-1, 0] < 30 and arr[-1, -1] < 30  # the shoulders' corners are outside
