@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from studio.config_likeness import LikenessDataFields, PivotalLoraFields, PivotalTrainFields
 from studio.overrides import ConfigError, apply_override, deep_merge, parse_override  # noqa: F401
 from studio.workspace import user_presets_dir
 
@@ -52,7 +53,7 @@ class ModelSection(_Section):
     variant: str | None = Field(None, description="Weight variant of the base files, e.g. 'fp16'.")
 
 
-class DataSection(_Section):
+class DataSection(_Section, LikenessDataFields):
     dataset: str | None = Field(None, description="Dataset: a prepared DATASET folder, an imagefolder "
                                 "with metadata.jsonl, a folder of images with .txt captions, or a "
                                 "Hub dataset id.")
@@ -92,7 +93,7 @@ class DataSection(_Section):
         return v
 
 
-class LoraSection(_Section):
+class LoraSection(_Section, PivotalLoraFields):
     rank: int = Field(16, ge=1, description="LoRA rank r (size of the low-rank update).")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (update scale alpha/r); "
                                 "empty means alpha = rank.")
@@ -110,7 +111,7 @@ class LoraSection(_Section):
         return float(self.alpha if self.alpha is not None else self.rank)
 
 
-class TrainSection(_Section):
+class TrainSection(_Section, PivotalTrainFields):
     batch_size: int = Field(1, ge=1, description="Images per step per process.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_train_steps: int | None = Field(500, ge=1, description="Optimizer steps; empty means "

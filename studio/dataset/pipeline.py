@@ -28,6 +28,7 @@ from studio.dataset.faces import Face, FaceDetector, get_detector
 from studio.dataset.identity import PhotoIdentity, apply_to_report, to_json
 from studio.dataset.identity_crop import Followed, follow_identity
 from studio.dataset.ingest import MIN_SIDE, IngestedImage, InputItem, ingest
+from studio.dataset.masks import face_mask
 from studio.dataset.quality import ImageFacts, image_report, set_report
 from studio.dataset.store import DatasetInfo, Entry, write_dataset
 from studio.identity.engine import IdentityEngine, IdentityError, get_engine
@@ -231,7 +232,7 @@ def _entries(kept: list[tuple[IngestedImage, CropResult]], captions: list[str],
         rep["notes"] = img.notes
         rep["crop_method"] = crop.method
         images_report.append(rep)
-        entries.append(Entry(file_name, crop.image, img.image, caption, img.name))
+        entries.append(Entry(file_name, crop.image, img.image, caption, img.name, face_mask(crop)))
         outcomes.append(FileOutcome(img.name, "accepted", output=file_name, caption=caption,
                                     warnings=rep["warnings"]))
     return entries, images_report

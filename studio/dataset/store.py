@@ -3,6 +3,8 @@
     DATASET/images/0001.png ...          1024x1024 crops
     DATASET/images/metadata.jsonl        {"file_name": "0001.png", "text": "a photo of TOK person, ..."}
     DATASET/originals/0001.png ...       the normalised originals (no EXIF/GPS), same names
+    DATASET/masks/0001.png ...           face + hair mask of each crop (feathered, L mode), same
+                                         names; masks/off.json lists the masks switched off
     DATASET/dataset.json                 name, trigger, class_word, template, hash, created, count, framing
     DATASET/report.json                  the quality report
     DATASET/identity.json                face embeddings of the crops, valid for one dataset hash
@@ -37,6 +39,7 @@ from studio.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 log = logging.getLogger(__name__)
 
 IMAGES, ORIGINALS, METADATA = "images", "originals", "metadata.jsonl"
+MASKS, MASKS_OFF = "masks", "off.json"  # masks/off.json: file names whose mask is off
 INFO, REPORT = "dataset.json", "report.json"
 IDENTITY = "identity.json"
 """Face embeddings of the crops (studio.dataset.identity); stamped with the dataset hash."""
@@ -55,6 +58,7 @@ class Entry:
     original: Image.Image
     caption: str
     source: str = ""
+    mask: Image.Image | None = None  # the face mask of the crop (studio.dataset.masks)
 
 
 @dataclass
@@ -136,6 +140,9 @@ def write_dataset(out_dir: str | Path, entries: list[Entry], meta: dict[str, Any
         for e in entries:
             e.crop.save(tmp / IMAGES / e.file_name, format="PNG", compress_level=4)
             e.original.save(tmp / ORIGINALS / e.file_name, format="PNG", compress_level=4)
+            if e.mask is not None:
+                (tmp / MASKS).mkdir(exist_ok=True)
+                e.mask.save(tmp / MASKS / e.file_name, format="PNG", compress_level=4)
         (tmp / IMAGES / METADATA).write_text(
             _metadata_text({"file_name": e.file_name, "text": e.caption} for e in entries),
             encoding="utf-8")
@@ -245,7 +252,7 @@ def save_captions(folder: str | Path, captions: dict[str, str], drop: Iterable[s
         raise DatasetError("Every image would be dropped; keep at least one.")
     atomic_write_text(ds.path / IMAGES / METADATA, _metadata_text(entries))
     for name in drop:
-        for sub in (IMAGES, ORIGINALS):
+        for sub in (IMAGES, ORIGINALS, MASKS):
             (ds.path / sub / name).unlink(missing_ok=True)
     info = dict(ds.info)
     info.update({"hash": dataset_hash(ds.path), "count": len(entries), "updated": time.time()})
@@ -256,6 +263,37 @@ def save_captions(folder: str | Path, captions: dict[str, str], drop: Iterable[s
     if workspace is not None:
         register(workspace, out)
     return out
+
+
+def mask_file(folder: str | Path, file_name: str) -> Path | None:
+    """The face mask of ``images/FILE_NAME`` (switched on or off), None when it has none."""
+    path = Path(folder) / MASKS / Path(file_name).name
+    return path if path.is_file() else None
+
+
+def masks_off(folder: str | Path) -> set[str]:
+    """The file names whose face mask the user switched off."""
+    try:
+        data = json.loads((Path(folder) / MASKS / MASKS_OFF).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {str(n) for n in data} if isinstance(data, list) else set()
+
+
+def image_mask(folder: str | Path, file_name: str) -> Path | None:
+    """The face mask training uses for ``images/FILE_NAME``: None when it has none or the user
+    switched it off."""
+    return None if Path(file_name).name in masks_off(folder) else mask_file(folder, file_name)
+
+
+def set_mask_on(folder: str | Path, file_name: str, on: bool) -> set[str]:
+    """Switch the face mask of one image on or off; returns the names switched off."""
+    if mask_file(folder, file_name) is None:
+        raise DatasetError(f"The image {file_name} has no face mask.")
+    off = masks_off(folder)
+    off = (off - {file_name}) if on else (off | {file_name})
+    atomic_write_json(Path(folder) / MASKS / MASKS_OFF, sorted(off))
+    return off
 
 
 def publish(src: str | Path, dest: str | Path, name: str | None = None, overwrite: bool = False,

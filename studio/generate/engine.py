@@ -22,6 +22,7 @@ from PIL import Image
 
 from studio import __version__
 from studio.errors import StudioError, first_line
+from studio.generate.embeddings import apply_embeddings
 from studio.generate.request import MAX_SEED, GenerationError, GenerationRequest
 from studio.generate.schedulers import make_scheduler
 from studio.lora.refs import LoraRef, resolve_lora
@@ -175,6 +176,7 @@ class Generator:
             pipe = self.base_pipe()
             refiner = self.refiner_pipe() if req.refiner else None
             lora_ref = self._apply_lora(pipe, req.lora, req.lora_scale)
+            emb = apply_embeddings(pipe, lora_ref)  # pivotal tuning: the trigger's tokens
             self._use_scheduler(pipe, req.scheduler)
             if refiner is not None:
                 self._use_scheduler(refiner, req.scheduler)
@@ -194,7 +196,8 @@ class Generator:
                     _check(cancelled, f"image {_i + 1}/{n}, refiner step {step + 1}")
                     return kwargs
 
-                common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+                common = dict(prompt=emb.map_prompt(req.prompt) if emb else req.prompt,
+                              negative_prompt=req.negative_prompt or None,
                               num_inference_steps=steps, guidance_scale=float(req.guidance))
                 gen = torch.Generator("cpu").manual_seed(seed)
                 try:
@@ -216,6 +219,7 @@ class Generator:
                     "seed": seed, "num_images": n,
                     "lora": lora_ref.label if lora_ref else None,
                     "lora_scale": float(req.lora_scale) if lora_ref else None,
+                    "embeddings": emb.record() if emb else None,
                     "refiner": self.refiner_source if refiner is not None else None,
                     "refiner_switch": float(req.refiner_switch) if refiner is not None else None,
                     "base_model": self.base_source, "device": self.device,

@@ -78,10 +78,36 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
               f"(ComfyUI). In A1111 add `<lora:{Path(KOHYA_FILE).stem}:1>` to the prompt; in ComfyUI "
               "use a *LoraLoader* node after the SDXL checkpoint loader. The file stores "
               f"alpha = {lc.lora_alpha:g} so its strength matches the diffusers file.", "",
+              *_embedding_lines(manifest),
               "## License", "",
               "The LoRA inherits the CreativeML Open RAIL++-M license of SDXL (openrail++). Only train "
               "on photos you have the right to use, and do not use it to impersonate people.", ""]
     return "\n".join(lines)
+
+
+def _embedding_lines(manifest: dict[str, Any]) -> list[str]:
+    """Usage of the pivotal-tuning embeddings (none when the run has no embeddings file)."""
+    name = RunFolder.EMBEDDINGS
+    tokens = (manifest.get("lora") or {}).get("new_tokens")
+    if name not in (manifest.get("files") or {}) or not tokens:
+        return []
+    trigger, joined, stem = manifest.get("trigger") or "the trigger", "".join(tokens), Path(name).stem
+    return [
+        "## Trigger embeddings (pivotal tuning)", "",
+        f"The trigger `{trigger}` was trained as the new tokens `{joined}`: their embeddings for both "
+        f"text encoders (`clip_l`, `clip_g`) are in `{name}`. Use it together with the LoRA.", "",
+        f"- **SDXL LoRA Studio**: pick the run in Generate and type `{trigger}`; the studio loads "
+        "the embeddings and maps the trigger to the tokens.",
+        f"- **diffusers**: `state = safetensors.torch.load_file(\"{name}\")`, then "
+        f"`pipe.load_textual_inversion(state[\"clip_l\"], token={tokens}, "
+        "text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)` and the same with "
+        "`clip_g`, `pipe.text_encoder_2`, `pipe.tokenizer_2`; write "
+        f"`{joined}` where the trigger goes.",
+        f"- **AUTOMATIC1111**: put `{name}` into `embeddings/` (rename it to name your subject: the "
+        "file name is the word you type) and write that name where the trigger goes, e.g. "
+        f"`a photo of {stem} ... <lora:{Path(KOHYA_FILE).stem}:1>`.",
+        f"- **ComfyUI**: put `{name}` into `models/embeddings/` and write `embedding:{stem}` where "
+        "the trigger goes, with the LoRA in a *LoraLoader* node.", ""]
 
 
 def write_model_card(run_dir: Path, cfg, manifest: dict[str, Any],

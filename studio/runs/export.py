@@ -6,6 +6,8 @@ afterwards ships one consistent story:
 * ``RUN/pytorch_lora_weights.safetensors``: the checkpoint's file (copied atomically);
 * every derived export format (:data:`studio.lora.formats.EXPORT_FORMATS`), written again with
   the run's alpha; a format that cannot be written is removed rather than left from another step;
+* the files that travel with the LoRA (:func:`studio.runs.folder.companion_files`: the
+  pivotal-tuning embeddings), copied from the checkpoint or removed when it has none;
 * ``selected_checkpoint.json``: which checkpoint it is;
 * ``manifest.json``: the new files' sha256 and size, ``steps`` = N, ``selected_checkpoint`` = N,
   the wall time and loss up to step N (from the run's events);
@@ -27,7 +29,7 @@ from studio.errors import first_line
 from studio.fsutil import atomic_write, atomic_write_json
 from studio.lora.formats import derived_formats, export_files, write_exports
 from studio.runs.card import write_model_card
-from studio.runs.folder import Checkpoint, RunFolder
+from studio.runs.folder import Checkpoint, RunFolder, companion_files
 from studio.runs.manifest import hash_files, lora_entry, package_versions
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,11 @@ def export_checkpoint(run_dir: str | Path, step: int) -> Path:
     cfg = run.config()
     dst = atomic_write(run.lora_path, lambda p: shutil.copyfile(ck.lora_path, p))
     _write_exports(run, cfg.lora.lora_alpha)
+    _copy_companions(run, ck)
     atomic_write_json(run.selected_path, {"checkpoint": ck.step,
                                           "source": ck.lora_path.relative_to(run.path).as_posix()})
-    manifest = checkpoint_manifest(run, cfg, ck, export_files(run.path))
+    manifest = checkpoint_manifest(run, cfg, ck, {**export_files(run.path),
+                                                  **companion_files(run.path)})
     manifest["selected_checkpoint"] = ck.step
     atomic_write_json(run.manifest_path, manifest)
     write_model_card(run.path, cfg, manifest, [s.card_entry() for s in run.samples(ck.step)])
@@ -62,6 +66,16 @@ def _write_exports(run: RunFolder, lora_alpha: float) -> None:
             (run.path / fmt.file_name).unlink(missing_ok=True)
         log.warning("run %s: the derived LoRA formats were not written (%s) and were removed so "
                     "they cannot disagree with the selected checkpoint", run.name, first_line(exc))
+
+
+def _copy_companions(run: RunFolder, ck: Checkpoint) -> None:
+    """The checkpoint's companion files replace the run's; one the checkpoint lacks is removed."""
+    have = companion_files(ck.path)
+    for name, path in companion_files(run.path).items():
+        if name not in have:
+            path.unlink(missing_ok=True)
+    for name, src in have.items():
+        atomic_write(run.path / name, lambda p, s=src: shutil.copyfile(s, p))
 
 
 def _progress(run: RunFolder, step: int) -> tuple[float | None, list[float]]:

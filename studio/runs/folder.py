@@ -13,6 +13,8 @@
       class_images/                     generated prior-preservation images
       pytorch_lora_weights.safetensors  the run's LoRA (diffusers) and its other export formats
       lora_kohya.safetensors            (studio.lora.formats)
+      embeddings.safetensors            pivotal tuning: the trigger's new token embeddings, clip_l
+                                        and clip_g (studio.lora.embeddings; also in checkpoints)
       manifest.json                     what the run's LoRA is and how it was made (runs.manifest)
       README.md                         the model card (runs.card)
       selected_checkpoint.json          set when a checkpoint was exported as the run's LoRA
@@ -101,6 +103,14 @@ def _image_order(p: Path) -> tuple[int, str]:
     return (int(p.stem) if p.stem.isdigit() else 1 << 30, p.name)
 
 
+def companion_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """{file name: path} of the files that travel with a LoRA in ``folder`` (a run or a
+    checkpoint folder), besides its export formats: the pivotal-tuning embeddings. Exports,
+    pushes, bundles and manifests take these along with :func:`studio.lora.formats.export_files`."""
+    folder = Path(folder)
+    return {name: folder / name for name in (RunFolder.EMBEDDINGS,) if (folder / name).is_file()}
+
+
 class _Member:
     """A path inside the run folder, named by one of RunFolder's file-name constants."""
 
@@ -123,6 +133,7 @@ class RunFolder:
     CARD = "README.md"
     LORA = DIFFUSERS_FILE
     KOHYA = KOHYA_FILE
+    EMBEDDINGS = "embeddings.safetensors"
     CHECKPOINTS = ckpt.CKPT_DIR
     SAMPLES = "samples"
     COMPARE = "compare"
@@ -157,6 +168,7 @@ class RunFolder:
     card_path = _Member("CARD")
     lora_path = _Member("LORA")
     kohya_path = _Member("KOHYA")
+    embeddings_path = _Member("EMBEDDINGS")
     checkpoints_dir = _Member("CHECKPOINTS")
     samples_dir = _Member("SAMPLES")
     compare_dir = _Member("COMPARE")

@@ -12,7 +12,7 @@ from typing import Any
 from studio.fsutil import atomic_write_json
 from studio.lora.formats import export_files
 from studio.runs.checkpoints import sha256_file
-from studio.runs.folder import RunFolder
+from studio.runs.folder import RunFolder, companion_files
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,19 @@ def hash_files(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    """The manifest's "files": sha256 and size of the LoRA export files in ``folder``."""
-    return hash_files(export_files(folder))
+    """The manifest's "files": sha256 and size of the LoRA export files in ``folder`` and the
+    files that travel with them (the pivotal-tuning embeddings)."""
+    return hash_files({**export_files(folder), **companion_files(folder)})
 
 
 def lora_entry(cfg) -> dict[str, Any]:
     """The manifest's "lora" entry: how the LoRA layers were configured."""
-    return {"rank": cfg.lora.rank, "alpha": cfg.lora.lora_alpha,
-            "text_encoder": cfg.lora.train_text_encoder, "dora": cfg.lora.use_dora}
+    from studio.lora.embeddings import token_names
+
+    lc = cfg.lora
+    return {"rank": lc.rank, "alpha": lc.lora_alpha, "text_encoder": lc.train_text_encoder,
+            "dora": lc.use_dora,
+            "new_tokens": token_names(lc.num_new_tokens) if lc.train_text_embeddings else None}
 
 
 def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_prompt: str,

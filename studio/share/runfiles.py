@@ -1,7 +1,8 @@
 """Which files of a run folder are shared (pushed to the Hub or put in a bundle).
 
 Shared by :mod:`studio.share.hub` and :mod:`studio.share.bundle` so both publish the same set:
-the run's LoRA in every export format (:data:`studio.lora.formats.EXPORT_FORMATS`),
+the run's LoRA in every export format (:data:`studio.lora.formats.EXPORT_FORMATS`) with the files
+that travel with it (:func:`studio.runs.folder.companion_files`: pivotal-tuning embeddings),
 ``config.yaml``, ``manifest.json`` and a few samples. ``--checkpoint N`` picks that checkpoint's
 LoRA instead; a format the checkpoint folder lacks is written from its diffusers file with the
 run's alpha. The run folder is read only through :class:`~studio.runs.folder.RunFolder`.
@@ -18,7 +19,7 @@ from typing import Any
 from studio.errors import StudioError
 from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, derived_formats, export_files
 from studio.lora.kohya import KohyaError
-from studio.runs.folder import RunError, RunFolder, Sample
+from studio.runs.folder import RunError, RunFolder, Sample, companion_files
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def _final_files(rf: RunFiles) -> None:
                 else "; finish training first")
         raise ShareError(f"The run {run.name} has no final LoRA ({DIFFUSERS_FILE}){hint}.")
     rf.files.update(export_files(run.path))
+    rf.files.update(companion_files(run.path))
     for fmt in EXPORT_FORMATS:
         if fmt.file_name not in rf.files:
             log.warning("run %s has no %s; sharing without it", run.name, fmt.file_name)
@@ -100,6 +102,7 @@ def _checkpoint_files(rf: RunFiles, step: int) -> None:
                                                  cfg.lora.lora_alpha if cfg else None)
             except KohyaError as exc:
                 raise ShareError(str(exc)) from None
+    loras.update(companion_files(ck.path))
     rf.files.update(loras)
     rf.samples = rf.run.samples(ck.step)[:MAX_SAMPLES]
     manifest = checkpoint_manifest(rf.run, cfg, ck, loras)

@@ -26,9 +26,12 @@ class Caches:
     def __init__(self, models: SDXLModels, device, train_text_encoder: bool, keep_vae: bool):
         self.m = models
         self.device = device
-        self.train_text_encoder = train_text_encoder
+        # New token rows (pivotal tuning) train through the encoders, like their LoRA.
+        self.train_text_encoder = train_text_encoder or models.pivotal is not None
+        self.prompt_map = models.pivotal.apply if models.pivotal is not None else None
         self.keep_vae = keep_vae
         self.latents: dict[tuple[str, int], Any] = {}
+        self.masks: dict[tuple[str, int], Any] = {}  # face masks of the cached instance images
         self.embeds: dict[str, tuple[Any, Any]] = {}
 
     def encode_latents(self, pixel_values):
@@ -47,6 +50,7 @@ class Caches:
             if d.crop == "random" or d.random_flip:
                 warnings.append("data.cache_latents freezes one crop/flip per image.")
             self._cache_latents(dataset)
+            dataset.drop_pixels()  # the steps read the cache, never the photos
             if not self.keep_vae:
                 self.m.vae.to("cpu")
         if not self.train_text_encoder and d.cache_text_embeddings:
@@ -62,6 +66,8 @@ class Caches:
             it = dataset.instance_item(i, 0)
             self._cache_latent(("instance", it["index"]), it["pixel_values"],
                                it["original_size"], it["crop_top_left"])
+            if "mask" in it:
+                self.masks[("instance", it["index"])] = it["mask"]
         for j in range(len(dataset.class_examples)):
             it = dataset.class_item(j)
             self._cache_latent(("class", j), it["class_pixel_values"],
@@ -109,10 +115,24 @@ class Caches:
         ctl = [self.latents[tuple(k)][3] for k in keys]
         return latents, osz, ctl
 
-    def batch_embeddings(self, prompts: list[str]):
-        """(prompt embeddings, pooled embeddings) of a batch's prompts."""
+    def batch_masks(self, batch: dict[str, Any]):
+        """The uint8 face masks [B, 1, H, W] of a batch's instance half, None without masks."""
         import torch
 
+        if not self.latents:
+            return batch.get("masks")
+        keys = [tuple(k) for k in batch["keys"] if k[0] == "instance"]
+        if not self.masks or not keys:
+            return None
+        return torch.stack([self.masks[k] for k in keys])
+
+    def batch_embeddings(self, prompts: list[str]):
+        """(prompt embeddings, pooled embeddings) of a batch's prompts (with pivotal tuning, the
+        trigger in them becomes the new tokens)."""
+        import torch
+
+        if self.prompt_map is not None:
+            prompts = [self.prompt_map(p) for p in prompts]
         if self.embeds:
             embeds = torch.cat([self.embeds[p][0] for p in prompts]).to(self.device)
             pooled = torch.cat([self.embeds[p][1] for p in prompts]).to(self.device)

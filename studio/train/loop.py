@@ -25,7 +25,7 @@ from studio.config import ConfigError, TrainConfig
 from studio.identity.hook import LikenessHook
 from studio.runs import checkpoints as ckpt
 from studio.runs.folder import RunFolder
-from studio.train import runtime, sdxl, state
+from studio.train import pivotal, runtime, sdxl, state
 from studio.train.caches import Caches
 from studio.train.callbacks import EventCallbacks, Fanout, StopFlag, TrainCallbacks
 from studio.train.data import ensure_class_images, training_data
@@ -113,6 +113,7 @@ class Trainer:
         data = training_data(cfg, self.folder.class_images_dir, self._ensure_class_images)
         self.ds, self.instance_prompt = data.source, data.instance_prompt
         self.dataset, self.sampler, self.loader = data.dataset, data.sampler, data.loader
+        self.pivotal = self.m.pivotal = pivotal.setup(self.m, cfg, self.ds.trigger)
         trained = sdxl.add_lora(self.m, cfg.lora, cfg.train.gradient_checkpointing,
                                 self.weight_dtype)
         groups = param_groups(self.m.unet, self.m.text_encoders, cfg)
@@ -139,7 +140,7 @@ class Trainer:
             num_training_steps=total * n_proc, num_cycles=t.lr_num_cycles, power=t.lr_power)
         prepared = self.acc.prepare(*trained, self.optimizer, self.loader, self.lr_scheduler)
         self.m.unet = prepared[0]
-        if self.cfg.lora.train_text_encoder:
+        if len(trained) > 1:  # the text encoders train (their LoRA or new token rows)
             self.m.text_encoders = list(prepared[1:3])
         self.optimizer, self.loader, self.lr_scheduler = prepared[-3:]
         # Step counts depend on the sharded loader.
@@ -269,6 +270,7 @@ class Trainer:
         (accelerate skips the accumulating ones)."""
         import torch
 
+        pivotal.before_step(self.pivotal, self.global_step, plan.total)
         with self.acc.accumulate(*plan.trained):
             loss = training_loss(batch, self.m, self.caches, self.cfg, self.acc.device,
                                  self.weight_dtype)
@@ -335,17 +337,17 @@ class Trainer:
             return state.training_state(
                 step=self.global_step, epoch=epoch, loss_history=self.loss_history,
                 modules=modules, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                scaler=self.acc.scaler, wall_time=self._wall_time(), cfg=self.cfg)
+                scaler=self.acc.scaler, wall_time=self._wall_time(), cfg=self.cfg, pivotal=self.pivotal)
 
         path = state.save_checkpoint(self.folder, self.cfg, self.global_step, modules, make_state,
-                                     self.lora_bytes, self._warn)
+                                     self.lora_bytes, self._warn, self.pivotal)
         self.cb.on_checkpoint({"step": self.global_step,
                                "path": f"{RunFolder.CHECKPOINTS}/{path.name}"})
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
         st = state.load_checkpoint(path, self._lora_modules(), self.optimizer, self.lr_scheduler,
-                                   self.acc.scaler)
+                                   self.acc.scaler, self.pivotal)
         self.global_step = int(st["step"])
         self.loss_history = list(st["loss_history"])
         self.wall_time_before = float(st.get("wall_time", 0.0))
@@ -357,7 +359,7 @@ class Trainer:
         models = [unwrap(self.m.unet), *(unwrap(te) for te in self.m.text_encoders)]
         results = sample(models, self._pipeline, self.folder, step,
                          validation_prompts(self.cfg, self.instance_prompt), self.cfg,
-                         self.acc.autocast, self.cb.on_sample)
+                         self.acc.autocast, self.cb.on_sample, pivotal.mapper(self.pivotal))
         self.caches.offload()
         return results
 
@@ -372,12 +374,10 @@ class Trainer:
         from studio.runs.card import write_model_card
         from studio.runs.manifest import write_manifest
 
-        extra = sorted(set(self.cfg.lora.target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})
-        if extra:
-            self._warn(f"{RunFolder.KOHYA} keeps diffusers names for {', '.join(extra)}; some "
-                       "Kohya readers only map attention layers.")
+        state.warn_unmapped_targets(self.cfg.lora.target_modules, self._warn)
         state.write_lora(self.run_dir, self._lora_modules(), self.cfg.lora.lora_alpha, self._warn,
-                         between=lambda: state.test_pause("in the final export", self.cb.on_log))
+                         between=lambda: state.test_pause("in the final export", self.cb.on_log),
+                         pivotal=self.pivotal)
         samples: list[dict[str, Any]] = []
         if self.cfg.validation.at_end:
             state.test_pause("in the end-of-run sampling", self.cb.on_log)

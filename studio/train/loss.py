@@ -11,7 +11,8 @@ import logging
 from studio.config import TrainConfig
 from studio.train.caches import Caches
 from studio.train.errors import TrainingError
-from studio.train.sdxl import SDXLModels, compute_time_ids, scale_latents
+from studio.train.masks import loss_weights
+from studio.train.sdxl import SDXLModels, compute_time_ids, pixel_size, scale_latents
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def training_loss(batch, models: SDXLModels, caches: Caches, cfg: TrainConfig, d
     timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (bsz,),
                               device=device).long()
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
-    time_ids = torch.cat([compute_time_ids(o, c, cfg.data.resolution, device, weight_dtype)
+    size = pixel_size(models.vae, latents)  # the batch's bucket, or the square resolution
+    time_ids = torch.cat([compute_time_ids(o, c, size, device, weight_dtype)
                           for o, c in zip(osz, ctl, strict=True)])
     embeds, pooled = caches.batch_embeddings(batch["prompts"])
     pred = models.unet(noisy, timesteps, embeds.to(weight_dtype),
@@ -40,8 +42,10 @@ def training_loss(batch, models: SDXLModels, caches: Caches, cfg: TrainConfig, d
                                           "text_embeds": pooled.to(weight_dtype)},
                        return_dict=False)[0]
     target = prediction_target(models, latents, noise, timesteps)
+    masks = caches.batch_masks(batch)
+    weights = None if masks is None else loss_weights(masks, latents, cfg.data.mask_weight)
     return dreambooth_loss(pred, target, timesteps, models, t.snr_gamma,
-                           cfg.data.with_prior_preservation, cfg.data.prior_loss_weight)
+                           cfg.data.with_prior_preservation, cfg.data.prior_loss_weight, weights)
 
 
 def prediction_target(models: SDXLModels, latents, noise, timesteps):
@@ -54,9 +58,10 @@ def prediction_target(models: SDXLModels, latents, noise, timesteps):
 
 
 def dreambooth_loss(pred, target, timesteps, models: SDXLModels, snr_gamma: float | None,
-                    prior: bool, prior_loss_weight: float):
+                    prior: bool, prior_loss_weight: float, weights=None):
     """MSE (min-SNR weighted with ``snr_gamma``) of the instance half, plus the weighted MSE of
-    the class half with prior preservation (the batch is [instance..., class...])."""
+    the class half with prior preservation (the batch is [instance..., class...]). ``weights``
+    [B, 1, h, w] (face masks, :mod:`studio.train.masks`) weight the instance half's pixels."""
     import torch
     import torch.nn.functional as F
 
@@ -66,13 +71,17 @@ def dreambooth_loss(pred, target, timesteps, models: SDXLModels, snr_gamma: floa
         target, target_prior = torch.chunk(target, 2, dim=0)
         timesteps = timesteps.chunk(2)[0]
         prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
-    if snr_gamma is None:
+    if snr_gamma is None and weights is None:
         loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
     else:
-        weights = min_snr_weights(models.noise_scheduler, timesteps, snr_gamma,
-                                  models.prediction_type)
         loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-        loss = (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+        if weights is not None:
+            loss = loss * weights
+        loss = loss.mean(dim=list(range(1, loss.ndim)))
+        if snr_gamma is not None:
+            loss = loss * min_snr_weights(models.noise_scheduler, timesteps, snr_gamma,
+                                          models.prediction_type)
+        loss = loss.mean()
     if prior_loss is not None:
         loss = loss + prior_loss_weight * prior_loss
     return loss

@@ -16,6 +16,7 @@ from typing import Any
 from studio.config import TrainConfig, TrainSection
 from studio.errors import first_line
 from studio.train.errors import TrainingError
+from studio.train.pivotal import ROWS, rows_group
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,17 @@ Builder = Callable[[list[dict[str, Any]], TrainSection, Callable[[str], None]], 
 
 
 def param_groups(unet, text_encoders: list[Any], cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The trainable (LoRA) parameters: the UNet's group, then both text encoders' when trained."""
+    """The trainable parameters: the UNet LoRA's group, then both text encoders' LoRA when
+    trained, then the new token rows of pivotal tuning when there are any."""
     t = cfg.train
     unet_params = [p for p in unet.parameters() if p.requires_grad]
     groups = [{"params": unet_params, "lr": t.learning_rate, "weight_decay": t.weight_decay}]
     if cfg.lora.train_text_encoder:
-        te_params = [p for te in text_encoders for p in te.parameters() if p.requires_grad]
+        te_params = [p for te in text_encoders for n, p in te.named_parameters()
+                     if p.requires_grad and not n.endswith(ROWS)]
         groups.append({"params": te_params, "lr": t.text_encoder_lr or t.learning_rate,
                        "weight_decay": t.text_encoder_weight_decay})
-    return groups
+    return groups + rows_group(text_encoders, cfg)
 
 
 def _adamw(groups, t: TrainSection, warn):
@@ -63,8 +66,10 @@ def _prodigy(groups, t: TrainSection, warn):
     # different rates; older releases took a text-encoder rate of 5e-5 as 5e-5 of the UNet's
     # step, which froze that LoRA): every group gets train.learning_rate, as diffusers does.
     if any(g["lr"] != t.learning_rate for g in groups[1:]):
+        ignored = [f"train.{k}={getattr(t, k)}" for k in ("text_encoder_lr", "text_embeddings_lr")
+                   if any(g["lr"] == getattr(t, k) != t.learning_rate for g in groups[1:])]
         warn(f"Prodigy uses train.learning_rate ({t.learning_rate}) for the text encoders too; "
-             f"train.text_encoder_lr={t.text_encoder_lr} is ignored.")
+             f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored.")
         groups = [{**g, "lr": t.learning_rate} for g in groups]
     return Prodigy(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                    beta3=t.prodigy_beta3, eps=t.adam_epsilon, decouple=t.prodigy_decouple,

@@ -23,10 +23,13 @@ def validation_prompts(cfg: TrainConfig, instance_prompt: str) -> list[str]:
 
 def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: TrainConfig,
                   autocast: Callable[[], Any], on_sample: Callable[[dict[str, Any]], None],
-                  out_dir: Path | None = None) -> list[dict[str, Any]]:
+                  out_dir: Path | None = None, prompt_map: Callable[[str], str] | None = None
+                  ) -> list[dict[str, Any]]:
     """``validation.num_images`` images per prompt (seed ``validation.seed + i``) as
     ``samples/step-<step>/<k>.png`` (or ``out_dir/<k>.png``); returns the sample records (step,
-    prompt, seed, path relative to the run)."""
+    prompt, seed, path relative to the run). ``prompt_map`` (pivotal tuning) turns each prompt
+    into what the pipeline gets; the records keep the prompt as written, which Generate maps the
+    same way."""
     import torch
     from PIL.PngImagePlugin import PngInfo
 
@@ -41,7 +44,7 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
         for i in range(v.num_images):
             seed = v.seed + i
             g = torch.Generator(device="cpu").manual_seed(seed)
-            img = pipeline_image(pipe, autocast, prompt=prompt,
+            img = pipeline_image(pipe, autocast, prompt=prompt_map(prompt) if prompt_map else prompt,
                                  negative_prompt=v.negative_prompt or None,
                                  num_inference_steps=v.steps, guidance_scale=v.guidance,
                                  height=cfg.data.resolution, width=cfg.data.resolution, generator=g)
@@ -62,7 +65,8 @@ def write_samples(pipe, run: RunFolder, step: int, prompts: list[str], cfg: Trai
 
 def sample(models: list[Any], make_pipeline: Callable[[], Any], run: RunFolder, step: int,
            prompts: list[str], cfg: TrainConfig, autocast: Callable[[], Any],
-           on_sample: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+           on_sample: Callable[[dict[str, Any]], None],
+           prompt_map: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
     """Validation images at ``step`` with the pipeline ``make_pipeline()`` builds over the
     training ``models`` (the UNet and both text encoders, unwrapped), which are in eval mode
     meanwhile (no LoRA dropout) and get their modes back after; see :func:`write_samples`."""
@@ -70,7 +74,8 @@ def sample(models: list[Any], make_pipeline: Callable[[], Any], run: RunFolder, 
     for m in models:
         m.eval()
     try:
-        return write_samples(make_pipeline(), run, step, prompts, cfg, autocast, on_sample)
+        return write_samples(make_pipeline(), run, step, prompts, cfg, autocast, on_sample,
+                             prompt_map=prompt_map)
     finally:
         for m, training in zip(models, modes, strict=True):
             m.train(training)

@@ -37,6 +37,7 @@ class SDXLModels:
     vae: Any
     vae_dtype: Any
     prediction_type: str
+    pivotal: Any = None  # studio.train.pivotal.Pivotal: the trigger's new tokens, when trained
 
 
 def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
@@ -86,7 +87,8 @@ def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
 def add_lora(models: SDXLModels, lc: LoraSection, gradient_checkpointing: bool,
              weight_dtype) -> list[Any]:
     """Add the LoRA layers (peft, gaussian init); returns the trained models (the UNet, then
-    both text encoders when they are trained), their LoRA parameters in fp32."""
+    both text encoders when their LoRA or their new token rows train), their trained parameters
+    in fp32."""
     import torch
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
@@ -102,18 +104,27 @@ def add_lora(models: SDXLModels, lc: LoraSection, gradient_checkpointing: bool,
         if lc.train_text_encoder:
             for te in models.text_encoders:
                 te.gradient_checkpointing_enable()
-    trained = [models.unet] + (models.text_encoders if lc.train_text_encoder else [])
+    te_train = lc.train_text_encoder or models.pivotal is not None
+    trained = [models.unet] + (models.text_encoders if te_train else [])
     if weight_dtype != torch.float32:
         cast_training_params(trained, dtype=torch.float32)
     return trained
 
 
-def compute_time_ids(original_size, crop_top_left, resolution: int, device, dtype):
-    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+def compute_time_ids(original_size, crop_top_left, resolution, device, dtype):
+    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w);
+    ``resolution``: the square side, or the (height, width) of an aspect-ratio bucket."""
     import torch
 
-    ids = list(original_size) + list(crop_top_left) + [resolution, resolution]
+    target = [resolution, resolution] if isinstance(resolution, int) else list(resolution)
+    ids = list(original_size) + list(crop_top_left) + target
     return torch.tensor([ids], device=device, dtype=dtype)
+
+
+def pixel_size(vae, latents) -> tuple[int, int]:
+    """(height, width) in pixels of a batch of latents (the VAE downsamples by 2 per block)."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(latents.shape[-2]) * f, int(latents.shape[-1]) * f
 
 
 def encode_prompt(text_encoders, tokenizers, prompts: list[str]):

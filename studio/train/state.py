@@ -60,13 +60,24 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def warn_unmapped_targets(target_modules: list[str], warn: Callable[[str], None]) -> None:
+    """Warn when the UNet LoRA targets layers that some Kohya readers do not map."""
+    extra = sorted(set(target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})
+    if extra:
+        warn(f"{RunFolder.KOHYA} keeps diffusers names for {', '.join(extra)}; some "
+             "Kohya readers only map attention layers.")
+
+
 def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
                warn: Callable[[str], None], what: str = "",
-               between: Callable[[], None] | None = None) -> Path:
+               between: Callable[[], None] | None = None, pivotal: Any = None) -> Path:
     """The LoRA of ``modules`` (unwrapped trained models by name) in every export format into
-    ``folder`` (``between``: called after the diffusers file). A failed export is a warning (the
-    diffusers file is what loading and resuming need), a full disk an error."""
+    ``folder`` (``between``: called after the diffusers file), with the new tokens' embeddings
+    when ``pivotal`` (:class:`studio.train.pivotal.Pivotal`) is given. A failed export is a
+    warning (the diffusers file is what loading and resuming need), a full disk an error."""
     path = save_lora(folder, modules)
+    if pivotal is not None:
+        pivotal.save(folder / RunFolder.EMBEDDINGS)
     if between is not None:
         between()
     try:
@@ -80,10 +91,11 @@ def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
 
 def training_state(*, step: int, epoch: int, loss_history: list[float], modules: dict[str, Any],
                    optimizer, lr_scheduler, scaler, wall_time: float,
-                   cfg: TrainConfig) -> dict[str, Any]:
+                   cfg: TrainConfig, pivotal: Any = None) -> dict[str, Any]:
     """What ``training_state.pt`` holds (the RNG states as they are now); ``scaler``: the
-    accelerator's GradScaler (fp16), else None."""
+    accelerator's GradScaler (fp16), else None; ``pivotal``: the new tokens' rows."""
     return {
+        "embeddings": pivotal.state() if pivotal is not None else None,
         "step": step, "epoch": epoch, "loss_history": list(loss_history),
         "lora": {k: {n: t.detach().cpu() for n, t in v.items()}
                  for k, v in lora_state_dicts(modules).items()},
@@ -96,13 +108,14 @@ def training_state(*, step: int, epoch: int, loss_history: list[float], modules:
 
 def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[str, Any],
                     make_state: Callable[[], dict[str, Any]], lora_bytes: int,
-                    warn: Callable[[str], None]) -> Path:
+                    warn: Callable[[str], None], pivotal: Any = None) -> Path:
     """Write ``checkpoints/checkpoint-<step>/`` (pruning beyond ``checkpoints.total_limit``);
     ``lora_bytes``: the LoRA parameters' size, for the free-disk check."""
     import torch
 
     def write(tmp: Path) -> None:
-        write_lora(tmp, modules, cfg.lora.lora_alpha, warn, f" of {ckpt.checkpoint_name(step)}")
+        write_lora(tmp, modules, cfg.lora.lora_alpha, warn, f" of {ckpt.checkpoint_name(step)}",
+                   pivotal=pivotal)
         torch.save(make_state(), tmp / ckpt.STATE_FILE)
 
     # LoRA files (diffusers + Kohya), peft state, Adam's two moments: about 5x the parameters.
@@ -111,10 +124,10 @@ def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[s
 
 
 def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler,
-                    scaler=None) -> dict[str, Any]:
-    """Restore the LoRA of ``modules``, the optimizer, the LR scheduler, the GradScaler (fp16)
-    and the RNG states from the checkpoint folder ``path``; returns its training state (step,
-    loss history, ...)."""
+                    scaler=None, pivotal: Any = None) -> dict[str, Any]:
+    """Restore the LoRA of ``modules``, the new tokens' rows (``pivotal``), the optimizer, the LR
+    scheduler, the GradScaler (fp16) and the RNG states from the checkpoint folder ``path``;
+    returns its training state (step, loss history, ...)."""
     import torch
     from peft.utils import set_peft_model_state_dict
 
@@ -124,6 +137,11 @@ def load_checkpoint(path: Path, modules: dict[str, Any], optimizer, lr_scheduler
             raise ckpt.CheckpointError(f"Cannot resume from {path.name}: it has no text encoder "
                                        "LoRA but lora.train_text_encoder is on.")
         set_peft_model_state_dict(mod, state["lora"][name])
+    if pivotal is not None:
+        if not state.get("embeddings"):
+            raise ckpt.CheckpointError(f"Cannot resume from {path.name}: it has no token "
+                                       "embeddings but lora.train_text_embeddings is on.")
+        pivotal.load_state(state["embeddings"])
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):  # a checkpoint of an fp16 run

@@ -24,6 +24,7 @@ from studio.dataset.crop import DEFAULT_FRAMING, FRAMING_CHOICES, FRAMING_HELP
 from studio.dataset.faces import DETECTOR_CHOICES
 from studio.dataset.pipeline import prepare_dataset
 from studio.errors import StudioError
+from studio.ui import dataset_masks
 from studio.ui.confirm import delete_buttons, wire_delete
 from studio.ui.context import AppContext
 from studio.ui.dataset_captions import (  # noqa: F401 (the tab's caption API)
@@ -277,6 +278,7 @@ def build(ctx: AppContext) -> dict:
                                           object_fit="contain", elem_id="ds-gallery")
                 w["report"] = gr.Markdown(elem_id="ds-report")
         w.update(caption_editor())
+        dataset_masks.build(w["current"])
         with gr.Row():
             w["name"] = gr.Textbox(label="Dataset name", value="my-dataset", elem_id="ds-name",
                                    info="Letters, digits, '.', '_' or '-'.", scale=3)

@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.generate.embeddings import mapping_note
 from studio.generate.gallery import Gallery, read_params
 from studio.generate.request import LIMITS, GenerationRequest
 from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
@@ -63,7 +64,8 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
         gallery.add(r.image, r.params)
     seeds = ", ".join(str(r.params["seed"]) for r in results)
     return (gallery_value(gallery),
-            f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds}).")
+            f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds})."
+            + (mapping_note(results[0].params) if results else ""))
 
 
 def slider(name: str, label: str, elem_id: str, value: float | None = None) -> gr.Slider:
