@@ -126,7 +126,7 @@ def _load_feature_commands() -> None:
 
 # Modules providing ``add_cli(subparsers)``.
 _FEATURE_MODULES: list[str] = ["studio.dataset.cli", "studio.train.cli", "studio.jobs.cli",
-                               "studio.share.hub", "studio.api.keys"]
+                               "studio.share.hub", "studio.api.keys", "studio.lora.verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:

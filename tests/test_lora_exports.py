@@ -51,14 +51,15 @@ def _diffusers_file(path: Path, alphas: dict[str, float]) -> dict[str, torch.Ten
     return sd
 
 
-def test_every_spelling_becomes_the_a1111_layout_with_the_trained_scale(tmp_path):
+def test_every_spelling_becomes_the_kohya_ldm_layout_with_the_trained_scale(tmp_path):
     src = tmp_path / "pytorch_lora_weights.safetensors"
     sd = _diffusers_file(src, {"unet": ALPHA, "text_encoder": 2.0})
     out = write_kohya(src, tmp_path / "k.safetensors")
     kohya = load_file(str(out))
-    q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    o = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0"
-    conv = "lora_unet_down_blocks_1_resnets_0_conv1"
+    # kohya sd-scripts' own SDXL names: the original (LDM) UNet layout
+    q = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    o = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0"
+    conv = "lora_unet_input_blocks_4_0_in_layers_2"
     te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
     te2 = "lora_te2_text_model_encoder_layers_1_self_attn_out_proj"
     assert set(kohya) == {f"{m}.{k}" for m in (q, o, conv, te1, te2)
@@ -67,7 +68,9 @@ def test_every_spelling_becomes_the_a1111_layout_with_the_trained_scale(tmp_path
     attn = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1"
     assert torch.equal(kohya[f"{q}.lora_down.weight"], sd[f"{attn}.to_q.lora_A.weight"])
     assert torch.equal(kohya[f"{o}.lora_up.weight"], sd[f"{attn}.to_out.0.lora.up.weight"])
-    assert torch.equal(kohya[f"{q}.dora_scale"], sd[f"{attn}.to_q.lora_magnitude_vector"])
+    # DoRA magnitudes shaped like the weight, (out, 1): ComfyUI reads the axis from the shape
+    assert torch.equal(kohya[f"{q}.dora_scale"],
+                       sd[f"{attn}.to_q.lora_magnitude_vector"].reshape(32, 1))
     # alpha: the adapter metadata per component, else the rank (te2 has none: rank 3)
     alphas = {m: float(kohya[f"{m}.alpha"]) for m in (q, o, conv, te1, te2)}
     assert alphas == {q: ALPHA, o: ALPHA, conv: ALPHA, te1: 2.0, te2: 3.0}
