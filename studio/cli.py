@@ -92,7 +92,10 @@ def _cmd_generate(args) -> int:
     req.validate()
     service = GenerationService(base=args.base, refiner=args.refiner or None, vae=args.vae)
     gallery = Gallery(args.out)
-    for r in service.generate(req, progress=_progress_printer()):
+    results = service.generate(req, progress=_progress_printer())
+    for note in dict.fromkeys(w for r in results for w in r.warnings):
+        print(f"warning: {note}", file=sys.stderr)
+    for r in results:
         path = gallery.add(r.image, r.params)
         print(f"{path}  seed={r.params['seed']}")
     return 0

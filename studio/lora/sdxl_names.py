@@ -156,9 +156,14 @@ def from_folder(folder: str | Path) -> SDXLNames:
 
 
 def sdxl_names(base: str | Path | None = None) -> SDXLNames:
-    """The modules of ``base`` when it is a local diffusers folder, else of full-size SDXL."""
+    """The modules of ``base`` when it is a local diffusers folder (or a single-file base already
+    converted, :mod:`studio.singlefile`), else of full-size SDXL."""
     if base is not None:
+        from studio.singlefile import cached_folder, is_single_file
+
         p = Path(str(base)).expanduser()
+        if is_single_file(p):
+            p = cached_folder(p) or p
         if (p / "unet" / "config.json").is_file() and (p / "text_encoder_2").is_dir():
             return from_folder(p)
     return full_size()

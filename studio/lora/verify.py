@@ -149,8 +149,8 @@ def require_loadable(file: str | Path, base: str | Path | None = None,
     """:func:`verify_lora`, raising :class:`LoraCheckError` (one sentence) when it fails."""
     report = verify_lora(file, base)
     if not report.ok:
-        raise LoraCheckError(f"The LoRA file {Path(file).name} is not {what}: "
-                             f"{report.problems()[0]}.")
+        raise LoraCheckError(f"The LoRA file {Path(file).name} would not load fully and is not "
+                             f"{what}: {report.problems()[0]}.")
     return report
 
 

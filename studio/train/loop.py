@@ -372,10 +372,6 @@ class Trainer:
         from studio.runs.card import write_model_card
         from studio.runs.manifest import write_manifest
 
-        extra = sorted(set(self.cfg.lora.target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})
-        if extra:
-            self._warn(f"{RunFolder.KOHYA} keeps diffusers names for {', '.join(extra)}; some "
-                       "Kohya readers only map attention layers.")
         state.write_lora(self.run_dir, self._lora_modules(), self.cfg.lora.lora_alpha, self._warn,
                          between=lambda: state.test_pause("in the final export", self.cb.on_log))
         samples: list[dict[str, Any]] = []
@@ -386,6 +382,8 @@ class Trainer:
                                   vae=self.m.vae_src, instance_prompt=self.instance_prompt,
                                   steps=self.global_step, wall_time=self._wall_time(),
                                   loss_history=self.loss_history)
+        for name, check in manifest["lora_check"].items():  # the loader self-test
+            check["ok"] or self._warn(f"{name} fails the loader check: {check['summary']}")
         write_model_card(self.run_dir, self.cfg, manifest, samples)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from studio.dataset.store import list_datasets
+from studio.runs.manifest import lora_check_text
 from studio.runs.monitor import RunView, format_duration, get_monitor, measured_seconds_per_step
 from studio.ui.context import AppContext
 
@@ -78,6 +79,8 @@ def status_markdown(view: RunView, queue_pos: int | None = None) -> str:
         lines.append("Resume continues from the last checkpoint.")
     for w in view.warnings[-2:]:
         lines.append(f"⚠️ {w}")
+    if view.status == "finished" and (check := lora_check_text(view.run_dir)):
+        lines.append("LoRA loader check:\n" + check)
     return "\n\n".join(lines)
 
 
