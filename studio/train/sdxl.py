@@ -46,7 +46,6 @@ def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     from studio.models import _expand, explain_load_error, model_source, vae_source
-
     from studio.singlefile import local_base
 
     base = model_source("base", m.base)
