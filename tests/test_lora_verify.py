@@ -87,7 +87,7 @@ def test_push_and_bundle_files_pass_and_a_broken_file_is_refused(te_dora_run, ti
 
 
 def _kohya_file(tmp_path: Path, tiny_models, metadata=None) -> Path:
-    from tests_lora_layouts import tiny_kohya_ldm
+    from lora_layouts import tiny_kohya_ldm
 
     path = tmp_path / "k.safetensors"
     tiny_kohya_ldm(tiny_models["base"], path, metadata=metadata)

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from studio.fsutil import atomic_write
-from studio.lora.loaders import PAIRS, comfyui_key_map
+from studio.lora.loaders import PAIRS, _shape_ok, comfyui_key_map
 from studio.lora.sdxl_names import SDXLNames
 from studio.lora.verify import layout_of, read_lora
 
 log = logging.getLogger(__name__)
 
+VERSION = 1  # of the conversion: part of the cached copy's name
 _DORA_KEY = {"unet": "lora_magnitude_vector"}  # text encoders: ".weight" (see train/sdxl.py)
 
 
@@ -76,8 +77,10 @@ def to_peft(tensors: dict[str, Any], names: SDXLNames
         if converted is None:
             skipped += [k for k, _ in parts.values()]
             continue
-        target = name.removeprefix("text_model.") if comp != "unet" else name
-        out.update({f"{comp}.{target}.{k}": v for k, v in converted.items()})
+        # diffusers drops "text_model." from the keys where transformers has no such wrapper;
+        # the config's names match as suffixes, so they go without it
+        out.update({f"{comp}.{name}.{k}": v for k, v in converted.items()})
+        target = name.removeprefix("text_model.")
         ranks.setdefault(comp, {})[target] = int(converted["lora_A.weight"].shape[0])
         if len(converted) > 2:
             dora.add(comp)
@@ -90,8 +93,7 @@ def _convert(parts: dict[str, Any], layer, comp: str) -> dict[str, Any] | None:
         return None
     down, up = parts["down"][1].float(), parts["up"][1].float()
     rank = int(down.shape[0])
-    if down.dim() < 2 or up.dim() < 2 or int(down.shape[1]) != layer.fan_in \
-            or int(up.shape[0]) != layer.fan_out or int(up.shape[1]) != rank:
+    if not _shape_ok(layer, down, up):
         return None
     alpha = float(parts["alpha"][1]) if "alpha" in parts else float(rank)
     out = {"lora_A.weight": down.contiguous(), "lora_B.weight": (up * (alpha / rank)).contiguous()}
@@ -128,8 +130,8 @@ def loadable_copy(file: Path, names: SDXLNames, cache_dir: Path | None = None) -
     if layout_of(tensors) != "kohya":
         return Loadable(file)
     st = file.stat()
-    tag = hashlib.sha256(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{names.label}".encode()
-                         ).hexdigest()[:16]
+    tag = hashlib.sha256(f"{VERSION}|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{names.label}"
+                         .encode()).hexdigest()[:16]
     out = (cache_dir or default_cache_dir()) / tag / file.name
     peft, configs, skipped = to_peft(tensors, names)
     if not out.is_file() and peft:

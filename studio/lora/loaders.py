@@ -60,6 +60,8 @@ class TargetResult:
 def _shape_ok(layer: Layer, down, up) -> bool:
     if down is None or up is None or len(down.shape) < 2 or len(up.shape) < 2:
         return False
+    if len(down.shape) == 4 and (layer.kind != "conv" or int(down.shape[2]) != layer.kernel):
+        return False
     return int(down.shape[1]) == layer.fan_in and int(up.shape[0]) == layer.fan_out \
         and int(up.shape[1]) == int(down.shape[0])
 
@@ -223,8 +225,16 @@ def _converted(tensors: dict[str, Any], names: SDXLNames) -> dict[str, Any]:
         convert_unet_state_dict_to_peft,
     )
 
+    from diffusers.utils import logging as dlog
+
     unet_cfg = SimpleNamespace(layers_per_block=_layers_per_block(names))
-    sd, _ = StableDiffusionXLLoraLoaderMixin.lora_state_dict(dict(tensors), unet_config=unet_cfg)
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # its DoRA warning is reported as a note
+    try:
+        sd, _ = StableDiffusionXLLoraLoaderMixin.lora_state_dict(dict(tensors),
+                                                                 unet_config=unet_cfg)
+    finally:
+        dlog.set_verbosity(level)
     out: dict[str, Any] = {}
     for comp in ("unet", "text_encoder", "text_encoder_2"):
         part = {k[len(comp) + 1:]: v for k, v in sd.items() if k.startswith(comp + ".")}

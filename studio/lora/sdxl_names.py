@@ -35,11 +35,13 @@ TOP_LDM = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed
 
 @dataclass(frozen=True)
 class Layer:
-    """A patchable module: ``linear`` or ``conv``, its input and output features."""
+    """A patchable module: ``linear`` or ``conv``, its input and output features, and a
+    convolution's kernel size."""
 
     kind: str
     fan_in: int
     fan_out: int
+    kernel: int = 1
 
 
 @dataclass
@@ -69,7 +71,8 @@ def _layers(model, prefix: str = "") -> dict[str, Layer]:
         if isinstance(mod, torch.nn.Linear):
             out[prefix + name] = Layer("linear", mod.in_features, mod.out_features)
         elif isinstance(mod, torch.nn.Conv2d):
-            out[prefix + name] = Layer("conv", mod.in_channels, mod.out_channels)
+            out[prefix + name] = Layer("conv", mod.in_channels, mod.out_channels,
+                                       int(mod.kernel_size[0]))
     return out
 
 
