@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from studio.generate.engine import Generator
 from studio.generate.request import GenerationRequest
 
-
 pytestmark = pytest.mark.usefixtures("home")  # converted copies go to a test workspace
 
 

@@ -57,6 +57,13 @@ class TargetResult:
         return self.matched == self.total and self.error is None
 
 
+def _module_name(key: str) -> str:
+    for sfx in [s for pair in PAIRS for s in pair] + list(EXTRAS):
+        if key.endswith(sfx):
+            return key[: -len(sfx)]
+    return key
+
+
 def _shape_ok(layer: Layer, down, up) -> bool:
     if down is None or up is None or len(down.shape) < 2 or len(up.shape) < 2:
         return False
@@ -86,7 +93,10 @@ def _apply(target: str, tensors: dict[str, Any], names: SDXLNames,
             break
     flat = {k for k in loaded if k.endswith(".dora_scale") and len(tensors[k].shape) < 2}
     loaded -= flat
-    res = TargetResult(target, len(tensors), len(loaded), [k for k in tensors if k not in loaded])
+    # keys of modules the loader does not know first: the cause, before their orphaned partners
+    missed = sorted((k for k in tensors if k not in loaded),
+                    key=lambda k: _module_name(k) in key_map)
+    res = TargetResult(target, len(tensors), len(loaded), missed)
     if flat:
         res.notes.append(f"{len(flat)} dora_scale tensors are 1-D; {target} needs the weight's "
                          "dimensions, e.g. (out, 1)")
@@ -224,7 +234,6 @@ def _converted(tensors: dict[str, Any], names: SDXLNames) -> dict[str, Any]:
         convert_state_dict_to_peft,
         convert_unet_state_dict_to_peft,
     )
-
     from diffusers.utils import logging as dlog
 
     unet_cfg = SimpleNamespace(layers_per_block=_layers_per_block(names))
