@@ -23,7 +23,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from studio.errors import first_line
+from studio.errors import StudioError, first_line
 from studio.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ DEFAULT_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
 SUFFIXES = (".safetensors",)
 _INDEX = "index.json"  # "path|size|mtime" -> sha256, so a file is hashed once
 _LOCK = threading.Lock()
+
+
+class SingleFileError(StudioError, RuntimeError):
+    """A single-file base that cannot be converted (one sentence)."""
 
 
 def is_single_file(source: str | os.PathLike | None) -> bool:
@@ -87,8 +91,6 @@ def cached_folder(file: str | os.PathLike) -> Path | None:
 
 def convert(file: str | os.PathLike, config: str | None = None, cache: Path | None = None) -> Path:
     """The diffusers-format folder of the single-file base ``file`` (converted once)."""
-    from studio.models import ModelLoadError
-
     file = Path(file).expanduser()
     out = converted_folder(file, cache)
     with _LOCK:
@@ -107,7 +109,7 @@ def convert(file: str | os.PathLike, config: str | None = None, cache: Path | No
             tmp.replace(out)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelLoadError(
+            raise SingleFileError(
                 f"The single-file SDXL base {file.name} could not be converted "
                 f"({first_line(exc, 160)}); it must be an SDXL checkpoint in the original layout, "
                 f"and the SDXL configs ({config}) must be in the Hub cache or set {CONFIG_ENV} to "

@@ -17,6 +17,7 @@ from safetensors.torch import load, load_file, save_file
 from share_fixtures import assert_sdxl_kohya
 
 from studio.lora.kohya import KohyaError, write_kohya
+from studio.lora.verify import verify_lora
 from studio.runs.events import read_events
 
 RANK, ALPHA = 4, 8.0
@@ -115,8 +116,13 @@ def run(trained, tmp_path) -> Path:
     return Path(shutil.copytree(trained, tmp_path / "me-lora"))
 
 
-def test_the_final_lora_of_a_training_is_listed_for_sdxl(trained):
+def test_the_final_lora_of_a_training_is_listed_for_sdxl(trained, tiny_models):
     assert_sdxl_kohya(trained / "lora_kohya.safetensors", alpha=ALPHA)
+    for name in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
+        report = verify_lora(trained / name, tiny_models["base"])  # rank 4 != alpha 8
+        assert report.ok, report.summary()
+    check = json.loads((trained / "manifest.json").read_text())["lora_check"]
+    assert all(c["ok"] for c in check.values()) and len(check) == 2
     files = json.loads((trained / "manifest.json").read_text())["files"]
     assert set(files) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors"}
     for name, entry in files.items():
@@ -179,7 +185,8 @@ def test_exporting_a_checkpoint_makes_the_run_and_its_bundle_describe_that_step(
     assert "step-000004" not in card
 
 
-def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, monkeypatch):
+def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, monkeypatch,
+                                                           tiny_models):
     from studio.cli import main
     from studio.share.bundle import export_run_bundle
 
@@ -201,6 +208,11 @@ def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, m
         ck_files, final_files = hub.repo("alice/ck").files, hub.repo("alice/final").files
     assert_sdxl_kohya(ck_files["lora_kohya.safetensors"], alpha=ALPHA)
     assert_sdxl_kohya(final_files["lora_kohya.safetensors"], alpha=ALPHA)
+    for files in (ck_files, final_files):  # the pushed files pass the loader self-test
+        for name in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
+            (tmp_path / name).write_bytes(files[name])
+            report = verify_lora(tmp_path / name, tiny_models["base"])
+            assert report.ok, report.summary()
     assert set(load(ck_files["lora_kohya.safetensors"])) == \
         set(load(final_files["lora_kohya.safetensors"]))
     pushed = json.loads(ck_files["manifest.json"])

@@ -59,14 +59,13 @@ def test_the_file_gives_the_same_image_as_its_folder_and_converts_once(single, o
 def test_a_file_that_is_not_an_sdxl_checkpoint_is_one_sentence(tmp_path, offline_config):
     from safetensors.torch import save_file
 
-    from studio.models import ModelLoadError
-    from studio.singlefile import convert
+    from studio.singlefile import SingleFileError, convert
 
     bad = tmp_path / "not-sdxl.safetensors"
     import torch
 
     save_file({"foo.weight": torch.zeros(2)}, str(bad))
-    with pytest.raises(ModelLoadError, match="could not be converted") as err:
+    with pytest.raises(SingleFileError, match="could not be converted") as err:
         convert(bad)
     assert "\n" not in str(err.value)
 
