@@ -64,7 +64,8 @@ def _add_generate(sub) -> None:
     from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
     p = sub.add_parser("generate", help="generate images (base + optional LoRA and refiner)")
-    p.add_argument("--base", help="SDXL base: Hub id or local folder (env STUDIO_BASE_MODEL)")
+    p.add_argument("--base", help="SDXL base: Hub id, local folder or single .safetensors file "
+                   "(env STUDIO_BASE_MODEL)")
     p.add_argument("--vae", help="VAE: Hub id, folder, or 'base' for the base's own VAE")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="", help="negative prompt")

@@ -193,3 +193,15 @@ def test_every_unet_and_text_encoder_module_matches_with_ldm_names_only():
         "lora_unet_add_embedding_linear_1", "lora_unet_add_embedding_linear_2",
         "lora_unet_up_blocks_0_upsamplers_0_conv"}
     assert not diffusers.ok
+
+
+def test_the_train_tab_shows_the_recorded_check(te_dora_run):
+    from studio.runs.monitor import RunView
+    from studio.ui.train_view import status_markdown
+
+    text = status_markdown(RunView(run_dir=te_dora_run, name="te-dora", status="finished",
+                                   step=2, total_steps=2))
+    assert "LoRA loader check:" in text
+    assert f"`{KOHYA}`: passes: ComfyUI:" in text and f"`{DIFFUSERS}`: passes: diffusers" in text
+    running = status_markdown(RunView(run_dir=te_dora_run, name="te-dora", status="running"))
+    assert "loader check" not in running
