@@ -64,6 +64,10 @@ def test_every_file_of_a_text_encoder_dora_run_passes(te_dora_run, tiny_models):
     manifest = json.loads((te_dora_run / "manifest.json").read_text())
     assert set(manifest["lora_check"]) == {KOHYA, DIFFUSERS}
     assert all(c["ok"] for c in manifest["lora_check"].values())
+    from studio.runs.events import read_events
+
+    logs = [e.get("message", "") for e in read_events(te_dora_run) if e["type"] == "log"]
+    assert not [m for m in logs if "loader check" in m]  # checkpoints and final were checked
     card = (te_dora_run / "README.md").read_text()
     assert "Loader check" in card and f"`{KOHYA}`: passes: ComfyUI:" in card
 
@@ -205,3 +209,18 @@ def test_the_train_tab_shows_the_recorded_check(te_dora_run):
     assert f"`{KOHYA}`: passes: ComfyUI:" in text and f"`{DIFFUSERS}`: passes: diffusers" in text
     running = status_markdown(RunView(run_dir=te_dora_run, name="te-dora", status="running"))
     assert "loader check" not in running
+
+
+def test_a_checkpoint_that_fails_the_check_is_a_training_warning(tmp_path, tiny_models):
+    from studio.train.state import check_lora
+
+    folder = tmp_path / "checkpoint-000003"
+    path = _kohya_file(tmp_path, tiny_models)
+    tensors, _ = read_lora(path)
+    folder.mkdir()
+    save_file(tensors, str(folder / KOHYA), metadata={})  # no SDXL metadata
+    warnings: list[str] = []
+    check_lora(folder, str(tiny_models["base"]), warnings.append, folder.name)
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{KOHYA} of checkpoint-000003 fails the loader check: ")
+    assert "ss_base_model_version" in warnings[0]

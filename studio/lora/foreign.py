@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.fsutil import atomic_write
-from studio.lora.loaders import PAIRS, _shape_ok, comfyui_key_map
+from studio.lora.loaders import PAIRS, comfyui_key_map, shape_ok
 from studio.lora.sdxl_names import SDXLNames
 from studio.lora.verify import layout_of, read_lora
 
@@ -93,7 +93,7 @@ def _convert(parts: dict[str, Any], layer, comp: str) -> dict[str, Any] | None:
         return None
     down, up = parts["down"][1].float(), parts["up"][1].float()
     rank = int(down.shape[0])
-    if not _shape_ok(layer, down, up):
+    if not shape_ok(layer, down, up):
         return None
     alpha = float(parts["alpha"][1]) if "alpha" in parts else float(rank)
     out = {"lora_A.weight": down.contiguous(), "lora_B.weight": (up * (alpha / rank)).contiguous()}
@@ -145,13 +145,13 @@ def loadable_copy(file: Path, names: SDXLNames, cache_dir: Path | None = None) -
 
 def missing_after_load(pipe, file: Path, adapter: str, names: SDXLNames) -> list[str]:
     """Modules of ``file`` (as diffusers converts it) that did not receive ``adapter``."""
-    from studio.lora.loaders import _PEFT_SUFFIXES, _converted
+    from studio.lora.loaders import PEFT_SUFFIXES, converted_like_diffusers
 
     tensors, _ = read_lora(file)
     modules = set()
-    for key in _converted(tensors, names):
+    for key in converted_like_diffusers(tensors, names):
         comp, _, rest = key.partition(".")
-        sfx = next((s for s in _PEFT_SUFFIXES if rest.endswith(s)), "")
+        sfx = next((s for s in PEFT_SUFFIXES if rest.endswith(s)), "")
         modules.add((comp, rest[: -len(sfx)] if sfx else rest))
     missing = []
     for comp, path in sorted(modules):

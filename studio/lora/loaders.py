@@ -64,7 +64,7 @@ def _module_name(key: str) -> str:
     return key
 
 
-def _shape_ok(layer: Layer, down, up) -> bool:
+def shape_ok(layer: Layer, down, up) -> bool:
     if down is None or up is None or len(down.shape) < 2 or len(up.shape) < 2:
         return False
     if len(down.shape) == 4 and (layer.kind != "conv" or int(down.shape[2]) != layer.kernel):
@@ -87,7 +87,7 @@ def _apply(target: str, tensors: dict[str, Any], names: SDXLNames,
             if canon is None or down not in tensors:
                 continue
             layer = names.modules[canon[0]].get(canon[1])
-            if layer is None or not _shape_ok(layer, tensors[down], tensors[key]):
+            if layer is None or not shape_ok(layer, tensors[down], tensors[key]):
                 continue
             loaded |= {key, down} | {module + e for e in extras if module + e in tensors}
             break
@@ -220,11 +220,11 @@ def a1111(tensors: dict[str, Any], names: SDXLNames) -> TargetResult:
 
 
 # ---- diffusers -------------------------------------------------------------------------------
-_PEFT_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector.weight",
+PEFT_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector.weight",
                   ".lora_magnitude_vector", ".lora_B.bias")
 
 
-def _converted(tensors: dict[str, Any], names: SDXLNames) -> dict[str, Any]:
+def converted_like_diffusers(tensors: dict[str, Any], names: SDXLNames) -> dict[str, Any]:
     """``tensors`` as diffusers' SDXL loader hands them to peft (component-prefixed)."""
     from types import SimpleNamespace
 
@@ -272,7 +272,7 @@ def diffusers(tensors: dict[str, Any], names: SDXLNames) -> TargetResult:
         res.notes.append(f"diffusers drops the {count(len(dora))} dora_scale tensors of this "
                          "layout")
     try:
-        converted = _converted(tensors, names)
+        converted = converted_like_diffusers(tensors, names)
     except Exception as exc:  # noqa: BLE001 - diffusers refuses the whole file
         res.unmatched = [k for k in tensors if k not in dora]
         res.error = first_line(exc, 200)
@@ -280,7 +280,7 @@ def diffusers(tensors: dict[str, Any], names: SDXLNames) -> TargetResult:
     bad = []
     for key in converted:
         comp, _, rest = key.partition(".")
-        sfx = next((s for s in _PEFT_SUFFIXES if rest.endswith(s)), None)
+        sfx = next((s for s in PEFT_SUFFIXES if rest.endswith(s)), None)
         module = rest[: -len(sfx)] if sfx else rest
         if comp != "unet" and not module.startswith("text_model.") and module != "text_projection":
             module = "text_model." + module

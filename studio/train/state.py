@@ -78,6 +78,18 @@ def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
     return path
 
 
+def check_lora(folder: Path, base: str | None, warn: Callable[[str], None], what: str) -> None:
+    """The loader self-test (:mod:`studio.lora.verify`) of the LoRA files in ``folder``; a file
+    that ComfyUI, A1111 or diffusers would not load whole is a warning."""
+    from studio.lora.formats import export_files
+    from studio.lora.verify import check_files
+    from studio.models import model_source
+
+    for name, check in check_files(export_files(folder), model_source("base", base)).items():
+        if not check["ok"]:
+            warn(f"{name} of {what} fails the loader check: {check['summary']}")
+
+
 def training_state(*, step: int, epoch: int, loss_history: list[float], modules: dict[str, Any],
                    optimizer, lr_scheduler, scaler, wall_time: float,
                    cfg: TrainConfig) -> dict[str, Any]:
@@ -103,6 +115,7 @@ def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[s
 
     def write(tmp: Path) -> None:
         write_lora(tmp, modules, cfg.lora.lora_alpha, warn, f" of {ckpt.checkpoint_name(step)}")
+        check_lora(tmp, cfg.model.base, warn, ckpt.checkpoint_name(step))
         torch.save(make_state(), tmp / ckpt.STATE_FILE)
 
     # LoRA files (diffusers + Kohya), peft state, Adam's two moments: about 5x the parameters.
