@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random models (built on first use): CPU, seconds, noise images")
     p.add_argument("--home", help="workspace folder (env STUDIO_HOME)")
-    p.add_argument("--base", help="SDXL base model: Hub id or folder (env STUDIO_BASE_MODEL)")
+    p.add_argument("--base", help="SDXL base model: Hub id, folder or single .safetensors file "
+                   "(env STUDIO_BASE_MODEL)")
     p.add_argument("--refiner", help="SDXL refiner: Hub id or folder (env STUDIO_REFINER_MODEL)")
     p.add_argument("--captioner", help="BLIP captioner: Hub id or folder (env STUDIO_CAPTION_MODEL)")
     p.add_argument("--vae", help="VAE: Hub id, folder, or 'base' (env STUDIO_VAE_MODEL)")

@@ -64,7 +64,8 @@ def _add_generate(sub) -> None:
     from studio.generate.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
     p = sub.add_parser("generate", help="generate images (base + optional LoRA and refiner)")
-    p.add_argument("--base", help="SDXL base: Hub id or local folder (env STUDIO_BASE_MODEL)")
+    p.add_argument("--base", help="SDXL base: Hub id, local folder or single .safetensors file "
+                   "(env STUDIO_BASE_MODEL)")
     p.add_argument("--vae", help="VAE: Hub id, folder, or 'base' for the base's own VAE")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="", help="negative prompt")
@@ -98,7 +99,10 @@ def _cmd_generate(args) -> int:
     req.validate()
     service = GenerationService(base=args.base, refiner=args.refiner or None, vae=args.vae)
     gallery = Gallery(args.out)
-    for r in service.generate(req, progress=_progress_printer()):
+    results = service.generate(req, progress=_progress_printer())
+    for note in dict.fromkeys(w for r in results for w in r.warnings):
+        print(f"warning: {note}", file=sys.stderr)
+    for r in results:
         path = gallery.add(r.image, r.params)
         print(f"{path}  seed={r.params['seed']}")
     return 0
@@ -132,7 +136,8 @@ def _load_feature_commands() -> None:
 
 # Modules providing ``add_cli(subparsers)``.
 _FEATURE_MODULES: list[str] = ["studio.dataset.cli", "studio.train.cli", "studio.jobs.cli",
-                               "studio.share.hub", "studio.api.keys", "studio.identity.cli"]
+                               "studio.share.hub", "studio.api.keys", "studio.identity.cli",
+                               "studio.lora.verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,14 +238,17 @@ def load_sdxl_pipeline(base: str | None = None, vae: str | None = None, device: 
                 raise explain_load_error("vae", vae_src, exc) from exc
         if dtype is not None and str(dtype).endswith("float16") and not looks_like_path(source):
             kwargs["variant"] = "fp16"
+        from studio.singlefile import local_base
+
+        path = local_base(_expand(source))  # a single-file base: its converted folder
         try:
             try:
-                pipe = StableDiffusionXLPipeline.from_pretrained(_expand(source), **kwargs)
+                pipe = StableDiffusionXLPipeline.from_pretrained(path, **kwargs)
             except (OSError, ValueError) as exc:
                 if "variant" not in kwargs or "variant" not in str(exc):
                     raise
                 kwargs.pop("variant")
-                pipe = StableDiffusionXLPipeline.from_pretrained(_expand(source), **kwargs)
+                pipe = StableDiffusionXLPipeline.from_pretrained(path, **kwargs)
             pipe.to(device)
         except ModelLoadError:
             raise

@@ -17,6 +17,7 @@ from safetensors.torch import load, load_file, save_file
 from share_fixtures import assert_sdxl_kohya
 
 from studio.lora.kohya import KohyaError, write_kohya
+from studio.lora.verify import verify_lora
 from studio.runs.events import read_events
 
 RANK, ALPHA = 4, 8.0
@@ -51,14 +52,15 @@ def _diffusers_file(path: Path, alphas: dict[str, float]) -> dict[str, torch.Ten
     return sd
 
 
-def test_every_spelling_becomes_the_a1111_layout_with_the_trained_scale(tmp_path):
+def test_every_spelling_becomes_the_kohya_ldm_layout_with_the_trained_scale(tmp_path):
     src = tmp_path / "pytorch_lora_weights.safetensors"
     sd = _diffusers_file(src, {"unet": ALPHA, "text_encoder": 2.0})
     out = write_kohya(src, tmp_path / "k.safetensors")
     kohya = load_file(str(out))
-    q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    o = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0"
-    conv = "lora_unet_down_blocks_1_resnets_0_conv1"
+    # kohya sd-scripts' own SDXL names: the original (LDM) UNet layout
+    q = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    o = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0"
+    conv = "lora_unet_input_blocks_4_0_in_layers_2"
     te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
     te2 = "lora_te2_text_model_encoder_layers_1_self_attn_out_proj"
     assert set(kohya) == {f"{m}.{k}" for m in (q, o, conv, te1, te2)
@@ -67,7 +69,9 @@ def test_every_spelling_becomes_the_a1111_layout_with_the_trained_scale(tmp_path
     attn = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1"
     assert torch.equal(kohya[f"{q}.lora_down.weight"], sd[f"{attn}.to_q.lora_A.weight"])
     assert torch.equal(kohya[f"{o}.lora_up.weight"], sd[f"{attn}.to_out.0.lora.up.weight"])
-    assert torch.equal(kohya[f"{q}.dora_scale"], sd[f"{attn}.to_q.lora_magnitude_vector"])
+    # DoRA magnitudes shaped like the weight, (out, 1): ComfyUI reads the axis from the shape
+    assert torch.equal(kohya[f"{q}.dora_scale"],
+                       sd[f"{attn}.to_q.lora_magnitude_vector"].reshape(32, 1))
     # alpha: the adapter metadata per component, else the rank (te2 has none: rank 3)
     alphas = {m: float(kohya[f"{m}.alpha"]) for m in (q, o, conv, te1, te2)}
     assert alphas == {q: ALPHA, o: ALPHA, conv: ALPHA, te1: 2.0, te2: 3.0}
@@ -112,8 +116,13 @@ def run(trained, tmp_path) -> Path:
     return Path(shutil.copytree(trained, tmp_path / "me-lora"))
 
 
-def test_the_final_lora_of_a_training_is_listed_for_sdxl(trained):
+def test_the_final_lora_of_a_training_is_listed_for_sdxl(trained, tiny_models):
     assert_sdxl_kohya(trained / "lora_kohya.safetensors", alpha=ALPHA)
+    for name in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
+        report = verify_lora(trained / name, tiny_models["base"])  # rank 4 != alpha 8
+        assert report.ok, report.summary()
+    check = json.loads((trained / "manifest.json").read_text())["lora_check"]
+    assert all(c["ok"] for c in check.values()) and len(check) == 2
     files = json.loads((trained / "manifest.json").read_text())["files"]
     assert set(files) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors"}
     for name, entry in files.items():
@@ -176,7 +185,8 @@ def test_exporting_a_checkpoint_makes_the_run_and_its_bundle_describe_that_step(
     assert "step-000004" not in card
 
 
-def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, monkeypatch):
+def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, monkeypatch,
+                                                           tiny_models):
     from studio.cli import main
     from studio.share.bundle import export_run_bundle
 
@@ -198,6 +208,11 @@ def test_checkpoint_bundle_and_push_describe_the_checkpoint(trained, tmp_path, m
         ck_files, final_files = hub.repo("alice/ck").files, hub.repo("alice/final").files
     assert_sdxl_kohya(ck_files["lora_kohya.safetensors"], alpha=ALPHA)
     assert_sdxl_kohya(final_files["lora_kohya.safetensors"], alpha=ALPHA)
+    for files in (ck_files, final_files):  # the pushed files pass the loader self-test
+        for name in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
+            (tmp_path / name).write_bytes(files[name])
+            report = verify_lora(tmp_path / name, tiny_models["base"])
+            assert report.ok, report.summary()
     assert set(load(ck_files["lora_kohya.safetensors"])) == \
         set(load(final_files["lora_kohya.safetensors"]))
     pushed = json.loads(ck_files["manifest.json"])

@@ -43,12 +43,14 @@ _PIPE_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # pipeline -> its scheduler config as loaded, before any request replaced its scheduler.
 _PIPE_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ADAPTER_IDS = itertools.count()
+_LORA_NOTES: dict[tuple, list[str]] = {}  # (file, mtime) -> warnings of its load
 
 
 @dataclass
 class GeneratedImage:
     image: Image.Image
     params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # sentences about the LoRA's load
 
 
 ProgressFn = Callable[[int, int, int, int], None]  # (image index, n images, step, steps)
@@ -80,6 +82,7 @@ class Generator:
         self.vae = vae
         self.device = device or pick_device()
         self.dtype = dtype or pick_dtype(self.device)
+        self.lora_notes: list[str] = []  # warnings about the current LoRA's load
 
     # ---- models ----------------------------------------------------------------------------
     def base_pipe(self):
@@ -114,24 +117,31 @@ class Generator:
         name = adapters.get(key)
         if name is None:
             name = f"lora_{next(_ADAPTER_IDS)}"
-            try:
-                from studio.lora.keys import loadable_lora
+            from studio.generate import lora_load
 
-                folder, weight = ref.path, ref.weight_name
-                if weight:  # one key spelling, or diffusers would load only part of it
-                    use = loadable_lora(file)
+            try:
+                folder, weight, notes = ref.path, ref.weight_name, []
+                if weight:  # one layout diffusers loads whole (see lora_load)
+                    use, notes = lora_load.prepare(file, ref.label, self.base_source)
                     folder, weight = use.parent, use.name
                 pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
             except Exception as exc:
                 raise ModelLoadError(f"The LoRA {ref.label} could not be loaded into this base "
                                      f"model ({first_line(exc, 160)}); check that it is an SDXL "
                                      "LoRA.") from exc
+            if weight:
+                notes += lora_load.check_applied(pipe, folder / weight, name, ref.label,
+                                                 self.base_source)
+            for note in notes:
+                log.warning("%s", note)
+            _LORA_NOTES[key] = notes
             adapters[key] = name
             while len(adapters) > self.MAX_ADAPTERS:
                 _, old = adapters.popitem(last=False)
                 pipe.delete_adapters(old)
         else:
             adapters.move_to_end(key)
+        self.lora_notes = _LORA_NOTES.get(key, [])
         pipe.enable_lora()
         pipe.set_adapters([name], adapter_weights=[float(scale)])
         return ref
@@ -228,7 +238,8 @@ class Generator:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "duration_s": round(time.perf_counter() - t0, 3),
                 }
-                out.append(GeneratedImage(image, params))
+                notes = list(self.lora_notes) if lora_ref else []
+                out.append(GeneratedImage(image, params, notes))
         return out
 
 

@@ -3,9 +3,14 @@
 It serves the final LoRA, checkpoints, checkpoint export, push and bundle, so every Kohya file
 the studio writes has the same keys, scale and metadata:
 
-* keys: ``lora_unet_*``, ``lora_te1_text_model_*``, ``lora_te2_text_model_*`` (the A1111
-  layout) from peft (``lora_A``/``lora_B``) or older diffusers (``lora.down``/``lora.up``,
-  ``lora_linear_layer.down``/``up``) spellings; DoRA magnitudes become ``dora_scale``;
+* keys: ``lora_unet_`` + the UNet module's name in the original LDM layout
+  (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, the names kohya sd-scripts
+  writes for SDXL and its merge/resize tools look up; A1111 and ComfyUI map them directly, see
+  :mod:`studio.lora.loaders`), ``lora_te1_text_model_*``, ``lora_te2_text_model_*``, from peft
+  (``lora_A``/``lora_B``) or older diffusers (``lora.down``/``lora.up``,
+  ``lora_linear_layer.down``/``up``) spellings; DoRA magnitudes become ``dora_scale`` shaped
+  like the weight, ``(out, 1)`` or ``(out, 1, 1, 1)`` (ComfyUI reads the normalised axis from the
+  shape);
 * scale: each module's ``.alpha`` is the given ``lora_alpha``, else the component's
   ``lora_alpha`` from the file's ``lora_adapter_metadata``, else the rank (what diffusers itself
   assumes for such a file). ``diffusers.utils.convert_state_dict_to_kohya`` always writes the
@@ -24,6 +29,7 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.fsutil import atomic_write
+from studio.lora.sdxl_names import ldm_name
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,9 @@ def _kohya_key(key: str) -> tuple[str, str, str]:
         raise KohyaError(f"The LoRA key {key!r} is not a diffusers SDXL LoRA key; the file cannot "
                          "be converted to the Kohya format.")
     module = rest[: -len(suffix)]
-    if component != "unet" and not module.startswith("text_model."):
+    if component == "unet":
+        module = ldm_name(module) or module
+    elif not module.startswith("text_model.") and module != "text_projection":
         module = "text_model." + module  # the CLIP layout A1111/ComfyUI expect
     return component, f"{_PREFIX[component]}_{module.replace('.', '_')}", _KINDS[suffix]
 
@@ -77,13 +85,20 @@ def to_kohya(diffusers_state: Mapping[str, Any],
     import torch
 
     out: dict[str, Any] = {}
+    ups = {}
     for key, value in diffusers_state.items():
         component, name, kind = _kohya_key(key)
         out[f"{name}.{kind}"] = value.contiguous()
+        if kind == UP:
+            ups[name] = value.dim()
         if kind == DOWN:
             alpha = lora_alpha.get(component) if isinstance(lora_alpha, Mapping) else lora_alpha
             out[f"{name}.alpha"] = torch.tensor(float(alpha if alpha is not None
                                                       else value.shape[0]))
+    for name, dims in ups.items():
+        if f"{name}.{DORA}" in out:
+            m = out[f"{name}.{DORA}"]
+            out[f"{name}.{DORA}"] = m.reshape(-1, *[1] * (dims - 1)).contiguous()
     return out
 
 

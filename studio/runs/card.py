@@ -13,6 +13,7 @@ import yaml
 from studio.fsutil import atomic_write_text
 from studio.identity.scores import card_section
 from studio.lora.formats import DIFFUSERS_FILE, EXPORT_FORMATS, KOHYA_FILE
+from studio.lora.verify import format_check
 from studio.runs.folder import RunFolder
 
 TAGS = ["text-to-image", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl"]
@@ -68,6 +69,10 @@ def render_model_card(cfg, manifest: dict[str, Any], samples: list[dict[str, Any
     files = manifest.get("files") or {}
     lines += ["## LoRA files", ""]
     lines += [f"- `{f.file_name}`: {f.label}" for f in EXPORT_FORMATS if f.file_name in files]
+    if manifest.get("lora_check"):
+        lines += ["", "Loader check (`python -m studio verify-lora`): every key of each file is "
+                  "matched against the key rules of ComfyUI, A1111/Forge and diffusers.", "",
+                  format_check(manifest["lora_check"])]
     lines += ["", "## Use with diffusers", "", "```python", "import torch",
               "from diffusers import StableDiffusionXLPipeline", "",
               f'pipe = StableDiffusionXLPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',

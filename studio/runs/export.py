@@ -30,7 +30,7 @@ from studio.fsutil import atomic_write, atomic_write_json
 from studio.lora.formats import derived_formats, export_files, write_exports
 from studio.runs.card import write_model_card
 from studio.runs.folder import Checkpoint, RunFolder, companion_files
-from studio.runs.manifest import hash_files, lora_entry, package_versions
+from studio.runs.manifest import hash_files, lora_check, lora_entry, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ def export_checkpoint(run_dir: str | Path, step: int) -> Path:
                                                   **companion_files(run.path)})
     manifest["selected_checkpoint"] = ck.step
     atomic_write_json(run.manifest_path, manifest)
+    for name, check in manifest.get("lora_check", {}).items():
+        if not check.get("ok"):
+            log.warning("run %s: %s fails the loader check: %s", run.name, name, check["summary"])
     write_model_card(run.path, cfg, manifest, [s.card_entry() for s in run.samples(ck.step)])
     log.info("run %s: checkpoint %s exported as the run's LoRA", run.name, ck.step)
     return dst
@@ -109,6 +112,7 @@ def checkpoint_manifest(run: RunFolder, cfg, ck: Checkpoint,
     tail = losses[-10:]
     manifest.update({
         "steps": ck.step, "files": hash_files(files),
+        "lora_check": lora_check(files, manifest.get("base_model")),
         "wall_time_s": round(wall, 1) if wall is not None else None,
         "final_loss_mean_last10": (sum(tail) / len(tail)) if tail else None,
     })

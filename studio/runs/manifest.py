@@ -42,6 +42,21 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
     return hash_files({**export_files(folder), **companion_files(folder)})
 
 
+def lora_check(files: dict[str, Path], base: str | None) -> dict[str, dict[str, Any]]:
+    """The manifest's "lora_check": the loader self-test of each LoRA file
+    (:mod:`studio.lora.verify`) against the run's base."""
+    from studio.lora.verify import check_files
+
+    return check_files(files, base)
+
+
+def lora_check_text(run_dir: str | Path) -> str:
+    """The run's recorded loader check as Markdown lines ("" before the run has one)."""
+    from studio.lora.verify import format_check
+
+    return format_check(RunFolder(run_dir).manifest().get("lora_check"))
+
+
 def lora_entry(cfg) -> dict[str, Any]:
     """The manifest's "lora" entry: how the LoRA layers were configured."""
     from studio.lora.embeddings import token_names
@@ -72,6 +87,7 @@ def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_
         "lora": lora_entry(cfg),
         "packages": package_versions(),
         "files": file_entries(Path(run_dir)),
+        "lora_check": lora_check(export_files(Path(run_dir)), base),
     }
     atomic_write_json(RunFolder(run_dir).manifest_path, manifest)
     return manifest

@@ -136,7 +136,25 @@ def collect_run_files(run_dir: str | Path, checkpoint: int | None = None) -> Run
         raise
     for s in rf.samples:
         rf.files[s.rel] = s.path
+    try:
+        _check_loras(rf)
+    except BaseException:
+        rf.cleanup()
+        raise
     return rf
+
+
+def _check_loras(rf: RunFiles) -> None:
+    """Refuse (one sentence) a LoRA file that a loader would not apply fully."""
+    from studio.lora.verify import LoraCheckError, require_loadable
+
+    base = trigger_info(rf)["base_model"]
+    for fmt in EXPORT_FORMATS:
+        if fmt.file_name in rf.files:
+            try:
+                require_loadable(rf.files[fmt.file_name], base)
+            except LoraCheckError as exc:
+                raise ShareError(str(exc)) from None
 
 
 def trigger_info(rf: RunFiles) -> dict[str, Any]:

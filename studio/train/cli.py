@@ -39,7 +39,8 @@ def add_cli(sub) -> None:
                    metavar="KEY=VALUE",
                    help="dotted overrides, e.g. --set train.learning_rate=2e-4 lora.rank=8 "
                         "(repeatable)")
-    p.add_argument("--base", help="SDXL base model: Hub id or local folder")
+    p.add_argument("--base", help="SDXL base model: Hub id, local folder or single .safetensors "
+                   "file (original layout)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_train)

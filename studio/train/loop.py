@@ -5,10 +5,9 @@ the run-folder contract (:class:`studio.runs.folder.RunFolder`). The pieces live
 :mod:`.sdxl`, :mod:`.loss`, :mod:`.optimizers`, :mod:`.caches`, :mod:`.state` (checkpoints),
 :mod:`.sampling` (validation images), :mod:`.callbacks`; likeness in :mod:`studio.identity.hook`.
 
-The loop uses ``accelerate.Accelerator`` (so ``accelerate launch -m studio train`` runs it on
-several processes); only the main process writes files. It imports nothing from Gradio and
-reports through :class:`TrainCallbacks`; ``stop`` (a ``threading.Event``-like object) is checked
-every step: the trainer saves a checkpoint and ends with status "cancelled".
+It uses ``accelerate.Accelerator`` (``accelerate launch -m studio train`` runs it on several
+processes; only the main process writes files) and reports through :class:`TrainCallbacks`;
+``stop`` (``threading.Event``-like), checked every step, saves a checkpoint and ends "cancelled".
 """
 
 from __future__ import annotations
@@ -374,7 +373,6 @@ class Trainer:
         from studio.runs.card import write_model_card
         from studio.runs.manifest import write_manifest
 
-        state.warn_unmapped_targets(self.cfg.lora.target_modules, self._warn)
         state.write_lora(self.run_dir, self._lora_modules(), self.cfg.lora.lora_alpha, self._warn,
                          between=lambda: state.test_pause("in the final export", self.cb.on_log),
                          pivotal=self.pivotal)
@@ -386,6 +384,8 @@ class Trainer:
                                   vae=self.m.vae_src, instance_prompt=self.instance_prompt,
                                   steps=self.global_step, wall_time=self._wall_time(),
                                   loss_history=self.loss_history)
+        for name, check in manifest["lora_check"].items():  # the loader self-test
+            check["ok"] or self._warn(f"{name} fails the loader check: {check['summary']}")
         write_model_card(self.run_dir, self.cfg, manifest, samples)
 
 

@@ -47,9 +47,10 @@ def load_models(m: ModelSection, device, weight_dtype) -> SDXLModels:
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     from studio.models import _expand, explain_load_error, model_source, vae_source
+    from studio.singlefile import local_base
 
     base = model_source("base", m.base)
-    src = _expand(base)
+    src = local_base(_expand(base))  # a single-file base: its converted folder
     if not Path(src).exists() and Path(src).is_absolute():
         raise explain_load_error("base", base, FileNotFoundError(src))
     kw = {"revision": m.revision}
@@ -222,7 +223,9 @@ def sampling_scheduler(base: str, noise_scheduler):
         import diffusers
         from diffusers import SchedulerMixin
 
-        cfg = EulerDiscreteScheduler.load_config(_expand(base), subfolder="scheduler")
+        from studio.singlefile import local_base
+
+        cfg = EulerDiscreteScheduler.load_config(local_base(_expand(base)), subfolder="scheduler")
         cls = getattr(diffusers, cfg.get("_class_name", "EulerDiscreteScheduler"),
                       EulerDiscreteScheduler)
         if not issubclass(cls, SchedulerMixin):

@@ -60,14 +60,6 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def warn_unmapped_targets(target_modules: list[str], warn: Callable[[str], None]) -> None:
-    """Warn when the UNet LoRA targets layers that some Kohya readers do not map."""
-    extra = sorted(set(target_modules) - {"to_q", "to_k", "to_v", "to_out.0"})
-    if extra:
-        warn(f"{RunFolder.KOHYA} keeps diffusers names for {', '.join(extra)}; some "
-             "Kohya readers only map attention layers.")
-
-
 def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
                warn: Callable[[str], None], what: str = "",
                between: Callable[[], None] | None = None, pivotal: Any = None) -> Path:
@@ -87,6 +79,18 @@ def write_lora(folder: Path, modules: dict[str, Any], lora_alpha: float,
             raise
         warn(f"The Kohya/A1111 export{what} failed: {first_line(exc, limit=300)}.")
     return path
+
+
+def check_lora(folder: Path, base: str | None, warn: Callable[[str], None], what: str) -> None:
+    """The loader self-test (:mod:`studio.lora.verify`) of the LoRA files in ``folder``; a file
+    that ComfyUI, A1111 or diffusers would not load whole is a warning."""
+    from studio.lora.formats import export_files
+    from studio.lora.verify import check_files
+    from studio.models import model_source
+
+    for name, check in check_files(export_files(folder), model_source("base", base)).items():
+        if not check["ok"]:
+            warn(f"{name} of {what} fails the loader check: {check['summary']}")
 
 
 def training_state(*, step: int, epoch: int, loss_history: list[float], modules: dict[str, Any],
@@ -116,6 +120,7 @@ def save_checkpoint(run: RunFolder, cfg: TrainConfig, step: int, modules: dict[s
     def write(tmp: Path) -> None:
         write_lora(tmp, modules, cfg.lora.lora_alpha, warn, f" of {ckpt.checkpoint_name(step)}",
                    pivotal=pivotal)
+        check_lora(tmp, cfg.model.base, warn, ckpt.checkpoint_name(step))
         torch.save(make_state(), tmp / ckpt.STATE_FILE)
 
     # LoRA files (diffusers + Kohya), peft state, Adam's two moments: about 5x the parameters.

@@ -63,9 +63,10 @@ def run_generation(ctx: AppContext, gallery: Gallery, prompt, negative, lora, lo
     for r in results:
         gallery.add(r.image, r.params)
     seeds = ", ".join(str(r.params["seed"]) for r in results)
+    notes = "".join(f"\n\n⚠️ {w}" for w in dict.fromkeys(w for r in results for w in r.warnings))
     return (gallery_value(gallery),
             f"Done: {len(results)} image(s) in {time.perf_counter() - t0:.1f} s (seed {seeds})."
-            + (mapping_note(results[0].params) if results else ""))
+            + (mapping_note(results[0].params) if results else "") + notes)
 
 
 def slider(name: str, label: str, elem_id: str, value: float | None = None) -> gr.Slider:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from studio.dataset.store import list_datasets
+from studio.runs.manifest import lora_check_text
 from studio.runs.monitor import RunView, format_duration, get_monitor
 from studio.runs.speed import machine_speed
 from studio.ui.context import AppContext
@@ -105,6 +106,8 @@ def status_markdown(view: RunView, queue_pos: int | None = None) -> str:
         lines.append("Resume continues from the last checkpoint.")
     for w in list(dict.fromkeys(view.warnings))[-2:]:  # a resumed run repeats its warnings
         lines.append(f"⚠️ {ui_message(w)}")
+    if view.status == "finished" and (check := lora_check_text(view.run_dir)):
+        lines.append("LoRA loader check:\n" + check)
     return "\n\n".join(lines)
 
 
