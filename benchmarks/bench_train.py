@@ -99,6 +99,7 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
     import torch
 
     from studio.config import load_config
+    from studio.train.caches import latents_wanted
     from studio.train.callbacks import TrainCallbacks
 
     res = 64 if tiny else 1024
@@ -140,7 +141,7 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
         "settings": {"rank": cfg.lora.rank, "optimizer": cfg.train.optimizer,
                      "mixed_precision": cfg.train.mixed_precision,
                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
-                     "cache_latents": cfg.data.cache_latents,
+                     "cache_latents": latents_wanted(cfg.data),
                      "cache_text_embeddings": cfg.data.cache_text_embeddings},
     }
     gc.collect()
