@@ -40,6 +40,9 @@ def _dataset_and_preset(ctx: AppContext, c: dict) -> None:
                               elem_id="train-preset", allow_custom_value=True,
                               info="A bundled preset or the path of a preset YAML.")
     c["note"] = gr.Markdown(preset_note(preset), elem_id="train-preset-note")
+    from studio.ui.train_hardware import recommended_panel
+
+    c["hardware"] = recommended_panel()  # "Recommended for this GPU"
     c["run_name"] = gr.Textbox(label="Run name (optional)", elem_id="train-run-name",
                                placeholder="default: DATASET-PRESET-DATE")
 
