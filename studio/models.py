@@ -207,6 +207,8 @@ def cached(key: tuple, loader: Callable[[], Any]) -> Any:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    if _QUIET["wanted"]:
+        _silence()
     obj = loader()
     with _CACHE_LOCK:
         return _CACHE.setdefault(key, obj)
@@ -306,9 +308,22 @@ def load_captioner(captioner: str | None = None, device: str | None = None, dtyp
     return cached(("captioner", source, device, str(dtype)), load)
 
 
-def quiet_libraries() -> None:
-    """Silence third-party progress bars and advice-level warnings in the CLI and the app."""
+_QUIET = {"wanted": False}
+
+
+def quiet_libraries(lazy: bool = False) -> None:
+    """Silence third-party progress bars and advice-level warnings in the CLI and the app.
+    ``lazy`` (the app): only set the environment now; diffusers and transformers (seconds of
+    imports) are silenced when the first model loads (:func:`cached`), not before the first page."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    _QUIET["wanted"] = True
+    if not lazy:
+        _silence()
+
+
+def _silence() -> None:
     try:
         from diffusers.utils import logging as dlog
 
