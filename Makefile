@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APP_STAMP := $(VENV)/.app-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run demo test lint screenshots bench-generate bench-train clean-venv
+.PHONY: run demo test lint screenshots bench bench-generate bench-train clean-venv
 
 $(APP_STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,3 +42,8 @@ clean-venv:
 ## Training speed/memory at 1024 px for the portrait and low-vram presets (needs a GPU; --tiny on CPU).
 bench-train: $(APP_STAMP)
 	$(BIN)/python benchmarks/bench_train.py $(ARGS)
+
+## Both benchmarks into one JSON file (a GPU; under 8 minutes): make bench OUT=results.json
+OUT ?= bench-results.json
+bench: $(APP_STAMP)
+	$(BIN)/python benchmarks/bench_all.py --out $(OUT) $(ARGS)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         from studio.models import quiet_libraries
 
-        quiet_libraries()
+        quiet_libraries(lazy=True)  # diffusers loads with the first model, not the first page
     from studio.errors import StudioError, first_line
 
     try:

@@ -3,8 +3,11 @@
     python benchmarks/bench_generate.py                 # full-size SDXL (random weights), GPU
     python benchmarks/bench_generate.py --tiny          # tiny models on CPU (checks the script)
 
-Prints one JSON object per configuration. Runs the same Generator code as the app (scheduler
-switching, LoRA adapters, refiner hand-off), with random weights built from the public configs.
+Prints one JSON object per configuration: the plain diffusers pipeline (bf16, its defaults), then
+the studio's engine in each mode (speed off, speed, speed with the refiner, --compile, and on a
+GPU model and sequential CPU offload), with s/image, it/s, peak GiB and the ratio to plain.
+Runs the same Generator code as the app (scheduler switching, LoRA adapters, refiner hand-off),
+with random weights built from the public configs.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scheduler", default="DPM++ 2M Karras")
+    p.add_argument("--compile", action="store_true", help="also the torch.compile'd UNet")
     args = p.parse_args(argv)
 
     import torch
 
     from studio.generate.engine import Generator
-    from studio.generate.request import GenerationRequest
 
     if args.tiny:
         device, dtype = "cpu", torch.float32
@@ -58,36 +61,77 @@ def main(argv: list[str] | None = None) -> int:
                         refiner_pipe=pipes["refiner"])
         size, steps = args.size, args.steps
 
-    results = []
-    for refiner in (False, True):
-        req = GenerationRequest(prompt="a photo of TOK person, portrait", seed=1, steps=steps,
-                                width=size, height=size, scheduler=args.scheduler,
-                                refiner=refiner, refiner_switch=0.8)
-        gen.generate(req)  # warm-up (kernels, allocator)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            gen.generate(req)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        res = {
-            "bench": "generate", "refiner": refiner, "size": size, "steps": steps,
-            "scheduler": args.scheduler, "dtype": str(dtype).replace("torch.", ""),
-            "s_per_image_median": round(sorted(times)[len(times) // 2], 4),
-            "s_per_image_min": round(min(times), 4),
-            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if device == "cuda" else None,
-            "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
-            or "cpu",
-            "torch": torch.__version__,
-        }
-        results.append(res)
+    import os
+
+    from studio.generate import performance as perf
+
+    configs = [("plain diffusers", None, False), ("studio", "speed-off", False),
+               ("studio", "speed", False), ("studio", "speed", True)]
+    if args.compile:
+        configs.append(("studio", "speed+compile", False))
+    if device == "cuda":
+        configs += [("studio", "model-offload", False), ("studio", "model-offload", True),
+                    ("studio", "sequential-offload", False)]
+    plain_s = None
+    for kind, mode, refiner in configs:
+        os.environ[perf.SPEED_ENV] = "0" if mode == "speed-off" else "1"
+        os.environ[perf.COMPILE_ENV] = "1" if mode == "speed+compile" else "0"
+        os.environ[perf.MEMORY_ENV] = mode if mode and "offload" in mode else "gpu"
+        repeats = 1 if mode == "sequential-offload" else args.repeats
+        run = _plain(gen, size, steps) if mode is None else _studio(gen, args, size, steps, refiner)
+        res = _timed(run, repeats, device)
+        plain_s = res["s_per_image_median"] if mode is None else plain_s
+        res.update({"bench": "generate", "engine": kind, "mode": mode or "defaults",
+                    "refiner": refiner, "size": size, "steps": steps,
+                    "it_per_s": round(steps / res["s_per_image_median"], 2),
+                    "ratio_to_plain": round(res["s_per_image_median"] / plain_s, 3),
+                    "memory_plan": gen.modes if mode else None,
+                    "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name() if device == "cuda"
+                    else platform.processor() or "cpu"})
         print(json.dumps(res), flush=True)
     return 0
+
+
+def _plain(gen, size: int, steps: int):
+    """The plain diffusers pipeline call (its default scheduler), same seed and size."""
+    import torch
+
+    pipe = gen.base_pipe()
+
+    def run():
+        pipe(prompt="a photo of TOK person, portrait", num_inference_steps=steps, width=size,
+             height=size, generator=torch.Generator("cpu").manual_seed(1))
+    return run
+
+
+def _studio(gen, args, size: int, steps: int, refiner: bool):
+    from studio.generate.request import GenerationRequest
+
+    req = GenerationRequest(prompt="a photo of TOK person, portrait", seed=1, steps=steps,
+                            width=size, height=size, scheduler=args.scheduler, refiner=refiner,
+                            refiner_switch=0.8)
+    return lambda: gen.generate(req)
+
+
+def _timed(run, repeats: int, device: str) -> dict:
+    import torch
+
+    run()  # warm-up (kernels, allocator, compilation)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"s_per_image_median": round(sorted(times)[len(times) // 2], 4),
+            "s_per_image_min": round(min(times), 4),
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device == "cuda" else None}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ stabilityai/stable-diffusion-xl-base-1.0 with random weights (speed and memory d
 the weight values, and no weights can be downloaded), then runs ``studio.train.loop`` for the
 given presets at 1024 px, batch 1, and prints one JSON object::
 
-    python benchmarks/bench_train.py --presets portrait low-vram --steps 20 --warmup 3
+    python benchmarks/bench_train.py --presets portrait low-vram portrait+compile --steps 20
+
+Each result also gives the memory pre-flight's estimate for the same config next to the measured
+peak (``estimate_error``), and on a GPU the activation figure the measured peak implies
+(``calibration``: paste it into ``studio.train.preflight.CALIBRATION``).
     python benchmarks/bench_train.py --tiny      # CPU self-check on the tiny models (tests use it)
 
 Only model loading is replaced (``Trainer._load_models``); LoRA, optimizer, caching, conditioning,
@@ -99,12 +103,15 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
     import torch
 
     from studio.config import load_config
+    from studio.train.caches import latents_wanted
     from studio.train.callbacks import TrainCallbacks
 
     res = 64 if tiny else 1024
     ds = make_images(work / "data", 2, res)
     run = work / f"run-{preset}"
-    cfg = load_config(preset=preset, overrides=[
+    variant, preset = preset, preset.removesuffix("+compile")
+    compiled = ["train.compile_unet=true"] if variant.endswith("+compile") else []
+    cfg = load_config(preset=preset, overrides=compiled + [
         f"output_dir={run}", f"data.dataset={ds}", f"data.resolution={res}", "train.batch_size=1",
         f"train.max_train_steps={steps + warmup}", "checkpoints.every_n_steps=100000",
         "validation.every_n_steps=null", "validation.every_n_epochs=null", "validation.at_end=false",
@@ -130,8 +137,19 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
     result = make_trainer_class(tiny)(cfg, Timer()).run()
     total = time.perf_counter() - t0
     deltas = [b - a for a, b in zip(times, times[1:], strict=False)][warmup:]
+    from studio.train import preflight
+
+    est = preflight.estimate(cfg, (None, "measured run"))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    act_key = "train_checkpointed" if cfg.train.gradient_checkpointing else "train"
     out = {
-        "preset": preset, "status": result.status, "resolution": res, "batch_size": 1,
+        "preset": variant, "status": result.status,
+        # the timer resets the peak when training starts: compare the training phase
+        "preflight_estimate_gib": round(est.phases["training"], 2),
+        "estimate_error": round(est.phases["training"] / peak - 1, 3) if peak else None,
+        # the activation figure (GiB/sample at 1024 px) this peak implies, for preflight.CALIBRATION
+        "calibration": {act_key: round(peak - (est.phases["training"] - est.parts["activations"]), 2)}
+        if peak and not tiny else None, "resolution": res, "batch_size": 1,
         "steps_timed": len(deltas),
         "s_per_step": round(sum(deltas) / len(deltas), 4) if deltas else None,
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -140,7 +158,7 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
         "settings": {"rank": cfg.lora.rank, "optimizer": cfg.train.optimizer,
                      "mixed_precision": cfg.train.mixed_precision,
                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
-                     "cache_latents": cfg.data.cache_latents,
+                     "cache_latents": latents_wanted(cfg.data),
                      "cache_text_embeddings": cfg.data.cache_text_embeddings},
     }
     gc.collect()
@@ -151,7 +169,8 @@ def bench_preset(preset: str, steps: int, warmup: int, tiny: bool, work: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["portrait", "low-vram"])
+    ap.add_argument("--presets", nargs="+", default=["portrait", "low-vram", "portrait+compile"],
+                    help="presets; NAME+compile also compiles the UNet (train.compile_unet)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per preset")
     ap.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     ap.add_argument("--tiny", action="store_true", help="tiny models, 64 px, CPU (self-check)")

@@ -80,8 +80,9 @@ class DataSection(_Section, LikenessDataFields):
                                               "resolution after resizing the short side.")
     random_flip: bool = Field(False, description="Flip images horizontally with probability 0.5.")
     repeats: int = Field(1, ge=1, description="How many times each image appears per epoch.")
-    cache_latents: bool = Field(False, description="Encode all images with the VAE once before "
-                                "training (freezes crop/flip augmentation; frees the VAE).")
+    cache_latents: bool | None = Field(None, description="Encode all images with the VAE once "
+                                       "before training (freezes crop/flip augmentation; frees the "
+                                       "VAE); empty means on unless crop=random or random_flip.")
     cache_text_embeddings: bool = Field(True, description="Encode each prompt once when the text "
                                         "encoders are frozen, then move the encoders off the GPU.")
 
@@ -150,6 +151,8 @@ class TrainSection(_Section, PivotalTrainFields):
         "bf16", description="Mixed precision on GPU; a CPU trains in fp32 (a warning says so) "
         "unless STUDIO_CPU_PRECISION=bf16|fp16, a test aid that keeps a GPU's dtypes on it.")
     allow_tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    compile_unet: bool = Field(False, description="torch.compile the UNet (also STUDIO_COMPILE=1): "
+                               "faster steps after a slow first few while it compiles.")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -207,6 +207,8 @@ def cached(key: tuple, loader: Callable[[], Any]) -> Any:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    if _QUIET["wanted"]:
+        _silence()
     obj = loader()
     with _CACHE_LOCK:
         return _CACHE.setdefault(key, obj)
@@ -316,13 +318,25 @@ def _not_optional_kernels(record: logging.LogRecord) -> bool:
                                                "kernels-community: No module named 'kernels'"))
 
 
-def quiet_libraries() -> None:
-    """Silence third-party progress bars and advice-level warnings in the CLI and the app (and
-    so in every training process and its log)."""
+_QUIET = {"wanted": False}
+
+
+def quiet_libraries(lazy: bool = False) -> None:
+    """Silence third-party progress bars and advice-level warnings in the CLI and the app.
+    ``lazy`` (the app): only set the environment now; diffusers and transformers (seconds of
+    imports) are silenced when the first model loads (:func:`cached`), not before the first page."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")  # filters work before its import
     if _not_optional_kernels not in bnb.filters:
         bnb.addFilter(_not_optional_kernels)
+    _QUIET["wanted"] = True
+    if not lazy:
+        _silence()
+
+
+def _silence() -> None:
     try:
         from diffusers.utils import logging as dlog
 

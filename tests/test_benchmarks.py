@@ -15,8 +15,10 @@ def test_bench_generate_tiny_runs():
                           "--steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert [r["refiner"] for r in rows] == [False, True]
-    assert all(r["s_per_image_median"] > 0 for r in rows)
+    assert [(r["mode"], r["refiner"]) for r in rows] == [
+        ("defaults", False), ("speed-off", False), ("speed", False), ("speed", True)]
+    assert all(r["s_per_image_median"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
+    assert rows[2]["memory_plan"]["fused_qkv"] and not rows[1]["memory_plan"]["fused_qkv"]
 
 
 def test_bench_identity_runs():

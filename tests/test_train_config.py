@@ -189,9 +189,11 @@ def test_a_config_written_before_versions_loads_as_the_current_version(tmp_path)
     raw = yaml.safe_load((FIXTURES / "config_v0.yaml").read_text())
     assert "config_version" not in raw
     cfg = load_config(config_path=FIXTURES / "config_v0.yaml")
+    # the file states the old default cache_latents: false, which it keeps (a resumed old run
+    # trains as it did); today's default is empty (cached unless a random crop or flip is on)
     assert cfg == load_config(preset="portrait", overrides=[
         "data.dataset=/home/me/.studio/datasets/ohwx-person",
-        "output_dir=/home/me/.studio/runs/ohwx-portrait"])
+        "output_dir=/home/me/.studio/runs/ohwx-portrait", "data.cache_latents=false"])
     assert cfg.config_version == CONFIG_VERSION == 1
     # saved again, it states its version and loads to the same config
     p = tmp_path / "config.yaml"

@@ -106,9 +106,12 @@ class _Started(TrainCallbacks):
         self.steps += 1
 
 
-@pytest.mark.parametrize("extra,most", [(["data.cache_latents=true"], 0),
-                                        ([], 2), (["data.crop=random", "data.random_flip=true"], 2)],
-                         ids=["cached", "center", "random"])
+@pytest.mark.parametrize("extra,most", [
+    (["data.cache_latents=true", "data.random_flip=true"], 0),
+    ([], 0),  # centre crop, no flip: the latents are cached by default
+    (["data.cache_latents=false"], 2),
+    (["data.crop=random", "data.random_flip=true"], 2)],
+    ids=["cached", "default", "center", "random"])
 def test_training_steps_decode_no_photo_again(extra, most, tmp_path, tiny_models, monkeypatch):
     """6 steps over 2 photos (3 epochs): cached latents read no photo once training starts;
     otherwise each photo is decoded once, in the first epoch."""
@@ -140,3 +143,15 @@ def test_loader_workers_keep_their_photos_across_epochs(tmp_path, tiny_models):
         losses.append(result.loss_history)
     assert trainer.loader.persistent_workers
     assert losses[0] == losses[1]
+
+
+def test_latents_are_cached_by_default_unless_a_random_crop_or_flip_is_asked_for():
+    from studio.train.caches import latents_wanted
+
+    assert latents_wanted(load_config().data)
+    assert latents_wanted(load_config(preset="portrait").data)
+    assert latents_wanted(load_config(preset="low-vram").data)
+    assert not latents_wanted(load_config(overrides=["data.random_flip=true"]).data)
+    assert not latents_wanted(load_config(overrides=["data.crop=random"]).data)
+    assert not latents_wanted(load_config(preset="portrait", overrides=["data.cache_latents=false"]).data)
+    assert latents_wanted(load_config(overrides=["data.cache_latents=true", "data.crop=random"]).data)

@@ -57,7 +57,7 @@ def _config(run, dataset, base, precision, extra):
 
 
 @pytest.mark.parametrize("precision", ["no", "fp16"], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("extra", [[], ["data.cache_latents=true"]], ids=["", "cached"])
+@pytest.mark.parametrize("extra", [["data.cache_latents=false"], []], ids=["", "cached"])
 def test_resume_mid_epoch_is_step_identical(precision, extra, tmp_path, tiny_models, dataset,
                                             monkeypatch):
     if precision != "no":

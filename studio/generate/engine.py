@@ -22,6 +22,7 @@ from PIL import Image
 
 from studio import __version__
 from studio.errors import StudioError, first_line
+from studio.generate import performance
 from studio.generate.embeddings import apply_embeddings
 from studio.generate.request import MAX_SEED, GenerationError, GenerationRequest
 from studio.generate.schedulers import make_scheduler
@@ -83,17 +84,29 @@ class Generator:
         self.device = device or pick_device()
         self.dtype = dtype or pick_dtype(self.device)
         self.lora_notes: list[str] = []  # warnings about the current LoRA's load
+        self.plan: performance.Plan | None = None  # chosen per request (free memory, refiner)
+        self.modes: dict[str, Any] = {}
+        self._loads_on: str | None = None
 
     # ---- models ----------------------------------------------------------------------------
     def base_pipe(self):
-        pipe = self._base_pipe or load_sdxl_pipeline(self.base_source, self.vae, self.device,
-                                                     self.dtype)
+        pipe = self._base_pipe or load_sdxl_pipeline(
+            self.base_source, self.vae, self._load_device(), self.dtype)
         _PIPE_SCHEDULERS.setdefault(pipe, dict(pipe.scheduler.config))
         return pipe
 
+    def _load_device(self) -> str:
+        """Where the pipelines load, fixed by the first plan (offloaded ones load on the CPU;
+        a later plan moves them)."""
+        if self.plan is None:
+            self.plan = performance.choose(self.device, refiner=False)
+        if self._loads_on is None:
+            self._loads_on = performance.load_device(self.device, self.plan)
+        return self._loads_on
+
     def refiner_pipe(self):
-        pipe = self._refiner_pipe or load_refiner(self.refiner_source, self.base_pipe(),
-                                                  self.device, self.dtype)
+        pipe = self._refiner_pipe or load_refiner(
+            self.refiner_source, self.base_pipe(), self._load_device(), self.dtype)
         _PIPE_SCHEDULERS.setdefault(pipe, dict(pipe.scheduler.config))
         return pipe
 
@@ -146,6 +159,16 @@ class Generator:
         pipe.set_adapters([name], adapter_weights=[float(scale)])
         return ref
 
+    def _performance(self, pipe, refiner, req: GenerationRequest, lora_on: bool) -> dict:
+        """Memory and speed modes (:mod:`studio.generate.performance`) for this request."""
+        performance.prepare(pipe, self.plan, self.device)
+        modes = performance.per_request(pipe, self.plan, int(req.width), int(req.height), lora_on)
+        if refiner is not None:
+            performance.prepare(refiner, self.plan, self.device, shared_vae=True)
+            performance.per_request(refiner, self.plan, int(req.width), int(req.height), False,
+                                    shared_vae=True)
+        return {"memory_mode": self.plan.mode, "speed": self.plan.speed, **modes}
+
     def loaded_adapters(self) -> list[str]:
         return list(_PIPE_ADAPTERS.get(self.base_pipe(), {}).values())
 
@@ -183,10 +206,12 @@ class Generator:
             else int(req.seed)
         out: list[GeneratedImage] = []
         with GPU_LOCK:
+            self.plan = performance.choose(self.device, refiner=bool(req.refiner))
             pipe = self.base_pipe()
             refiner = self.refiner_pipe() if req.refiner else None
             lora_ref = self._apply_lora(pipe, req.lora, req.lora_scale)
             emb = apply_embeddings(pipe, lora_ref)  # pivotal tuning: the trigger's tokens
+            self.modes = self._performance(pipe, refiner, req, lora_ref is not None)
             self._use_scheduler(pipe, req.scheduler)
             if refiner is not None:
                 self._use_scheduler(refiner, req.scheduler)

@@ -112,6 +112,9 @@ class JobService:
         """Name the run, write ``RUN/config.yaml`` (once) and queue the job. ``preset`` only
         names the run and is recorded with the job; ``cfg`` already holds its values. The job
         starts when the scheduler next runs (at once if nothing else is training)."""
+        from studio.train.preflight import check as memory_preflight
+
+        memory_preflight(cfg)  # a config that cannot fit this GPU is refused in one sentence
         dataset = dataset_folder(cfg.data.dataset)
         try:
             name = safe_name(run_name, "run name") if run_name else \

@@ -12,11 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from studio.config import TrainConfig
+from studio.config import DataSection, TrainConfig
 from studio.train.data import TrainDataset
 from studio.train.sdxl import SDXLModels, encode_prompt
 
 log = logging.getLogger(__name__)
+
+
+def latents_wanted(d: DataSection) -> bool:
+    """Whether the run caches latents: ``data.cache_latents``, or when it is empty, on unless a
+    random crop or flip is asked for (the cache would freeze it)."""
+    if d.cache_latents is not None:
+        return d.cache_latents
+    return d.crop == "center" and not d.random_flip
 
 
 class Caches:
@@ -46,7 +54,7 @@ class Caches:
         """Fill the caches the config asks for; returns warnings for the user."""
         warnings: list[str] = []
         d = cfg.data
-        if d.cache_latents:
+        if latents_wanted(d):
             if d.crop == "random" or d.random_flip:
                 warnings.append("data.cache_latents freezes one crop/flip per image.")
             self._cache_latents(dataset)

@@ -43,6 +43,9 @@ def add_cli(sub) -> None:
                    "file (original layout)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--check", action="store_true", help="only print the memory pre-flight "
+                   "(estimated peak GPU memory and whether it fits; STUDIO_VRAM_GB sets the GPU's "
+                   "memory) and exit: 0 fits, 2 does not")
     p.set_defaults(func=cmd_train)
 
 
@@ -99,6 +102,19 @@ def _write_failure(out: str | None, message: str) -> None:
         pass
 
 
+def _check(cfg) -> int:
+    """``--check``: the pre-flight's estimate and verdict; 0 when it fits, 2 when it does not."""
+    from studio.train import preflight
+
+    est = preflight.estimate(cfg)
+    print(est.summary())
+    for name, gib in est.parts.items():
+        print(f"  training: {name} {gib:.2f} GiB")
+    print(f"  model sizes from {est.sizes_source}")
+    preflight.check(cfg, (est.vram_gib, est.vram_source))  # raises when it does not fit
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from studio.config import load_config
     from studio.train.loop import Trainer
@@ -114,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = False
     try:
         cfg = load_config(args.preset, args.config, overrides)
+        if args.check:
+            return _check(cfg)
         if not cfg.output_dir:
             raise ConfigError("output_dir: give the run folder with --out RUN_DIR.")
         if not cfg.data.dataset:
@@ -134,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = Trainer(cfg, callbacks, stop, resume=args.resume).run()
     except StudioError as exc:  # a user error: exit 2, with or without --debug
         msg = first_line(exc)
-        if not started:
+        if not started and not args.check:
             _write_failure(args.out, msg)
         if getattr(args, "debug", False):
             traceback.print_exc()

@@ -138,7 +138,7 @@ class Trainer:
             t.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=t.lr_warmup_steps * n_proc,
             num_training_steps=total * n_proc, num_cycles=t.lr_num_cycles, power=t.lr_power)
         prepared = self.acc.prepare(*trained, self.optimizer, self.loader, self.lr_scheduler)
-        self.m.unet = prepared[0]
+        self.m.unet = runtime.compiled(prepared[0], self.cfg)
         if len(trained) > 1:  # the text encoders train (their LoRA or new token rows)
             self.m.text_encoders = list(prepared[1:3])
         self.optimizer, self.loader, self.lr_scheduler = prepared[-3:]

@@ -37,11 +37,19 @@ def param_groups(unet, text_encoders: list[Any], cfg: TrainConfig) -> list[dict[
     return groups + rows_group(text_encoders, cfg)
 
 
+def fused_adamw(groups: list[dict[str, Any]]) -> bool:
+    """torch's fused AdamW (one kernel for all parameters) applies: every parameter is a CUDA
+    floating-point tensor. Elsewhere the default (foreach) implementation runs."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_cuda and p.dtype.is_floating_point for p in params)
+
+
 def _adamw(groups, t: TrainSection, warn):
     import torch
 
+    extra = {"fused": True} if fused_adamw(groups) else {}
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                             eps=t.adam_epsilon)
+                             eps=t.adam_epsilon, **extra)
 
 
 def _adamw8bit(groups, t: TrainSection, warn):

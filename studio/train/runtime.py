@@ -107,9 +107,31 @@ def make_accelerator(cfg: TrainConfig, run: RunFolder) -> tuple[Any, Any, list[s
     if cpu and mp == "fp16":
         _emulate_fp16_amp(acc)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
-    if cfg.train.allow_tf32 and torch.cuda.is_available():
+    if cfg.train.allow_tf32 and torch.cuda.is_available():  # TF32 tensor cores (Ampere+)
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
     return acc, weight_dtype, warnings
+
+
+COMPILE_ENV = "STUDIO_COMPILE"
+COMPILE_BACKEND = "inductor"
+
+
+def compile_wanted(cfg: TrainConfig) -> bool:
+    """train.compile_unet, or STUDIO_COMPILE=1 in the environment."""
+    return cfg.train.compile_unet or os.environ.get(COMPILE_ENV, "").strip() == "1"
+
+
+def compiled(unet, cfg: TrainConfig):
+    """The (prepared) UNet under ``torch.compile`` when :func:`compile_wanted`; the LoRA
+    parameters stay the module's own, so checkpoints and the unwrapped model are unchanged."""
+    if not compile_wanted(cfg):
+        return unet
+    import torch
+
+    log.info("Compiling the UNet (%s); the first steps are slow.", COMPILE_BACKEND)
+    return torch.compile(unet, backend=COMPILE_BACKEND)
 
 
 def tracking(cfg: TrainConfig) -> bool:

@@ -126,6 +126,9 @@ def _models_panel(ctx: AppContext) -> None:
                    elem_id="gen-base")
         gr.Textbox(label="Refiner model", value=shown_source(ctx, ctx.refiner),
                    interactive=False, elem_id="gen-refiner-model")
+        from studio.generate.performance import ui_line  # speed and memory modes, and why
+
+        gr.Markdown(lambda: ui_line(), elem_id="gen-performance")
 
 
 def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:

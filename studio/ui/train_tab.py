@@ -55,6 +55,9 @@ def _dataset_and_preset(ctx: AppContext, c: dict) -> None:
                               info="A bundled preset, one you saved, or the path of a preset "
                                    "YAML. Picking another keeps the settings you changed.")
     c["note"] = gr.Markdown(preset_note(preset), elem_id="train-preset-note")
+    from studio.ui.train_hardware import recommended_panel
+
+    c["hardware"] = recommended_panel()  # "Recommended for this GPU"
 
 
 def _settings(c: dict) -> None:

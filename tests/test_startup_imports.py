@@ -1,0 +1,27 @@
+"""Start-up: the app's quiet_libraries(lazy=True) does not import torch or diffusers before the
+first page; the first model load (models.cached) silences them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CODE = """
+import sys
+from studio.models import cached, quiet_libraries
+quiet_libraries(lazy=True)
+assert "torch" not in sys.modules and "diffusers" not in sys.modules, "imported too early"
+cached(("probe",), lambda: 1)
+from diffusers.utils import logging as dlog
+assert dlog.get_verbosity() == dlog.ERROR and not dlog.is_progress_bar_enabled()
+print("ok")
+"""
+
+
+def test_lazy_quiet_libraries_defers_the_heavy_imports_to_the_first_model_load():
+    r = subprocess.run([sys.executable, "-c", CODE], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
