@@ -147,3 +147,27 @@ def test_bench_likeness_tiny_runs():
     report = json.loads(r.stdout[r.stdout.index("{"):])
     assert [x["variant"] for x in report["results"]] == ["portrait", "portrait-pivotal"]
     assert all(x["status"] == "finished" and x["cpu_s_per_step"] > 0 for x in report["results"])
+
+
+def test_the_loader_self_test_covers_the_embeddings_file(run, tiny_models, tmp_path):
+    """The final manifest, export and share checks include embeddings.safetensors; a file made
+    for another base (wrong width) fails, naming the tensor, and is refused by push and bundle."""
+    from safetensors.torch import save_file
+
+    from studio.lora.verify import verify_lora
+    from studio.share.runfiles import ShareError
+
+    folder = RunFolder(run.run_dir)
+    check = folder.manifest()["lora_check"][RunFolder.EMBEDDINGS]
+    assert check["ok"] and check["layout"] == "embeddings"
+    assert "2 token embedding(s), clip_l 32 and clip_g 32 wide" in check["summary"]
+    assert verify_lora(folder.embeddings_path, tiny_models["base"]).ok
+    src = tmp_path / "run"
+    shutil.copytree(run.run_dir, src)
+    emb = load_file(str(src / RunFolder.EMBEDDINGS))
+    save_file({"clip_l": torch.zeros(2, 768), "clip_g": emb["clip_g"]},
+              str(src / RunFolder.EMBEDDINGS))
+    report = verify_lora(src / RunFolder.EMBEDDINGS, tiny_models["base"])
+    assert not report.ok and "clip_l is 768 wide" in report.summary()
+    with pytest.raises(ShareError, match="clip_l is 768 wide"):
+        collect_run_files(src, None)

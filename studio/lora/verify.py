@@ -30,6 +30,9 @@ ARCH_KEY = "modelspec.architecture"
 ARCH = "stable-diffusion-xl-v1-base"
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 SHOWN = 3  # unmatched keys named per loader
+# A pivotal-tuning embeddings file (studio.lora.embeddings): each tensor's text encoder.
+EMBEDDING_KEYS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+_TE_PROBE = "text_model.encoder.layers.0.self_attn.q_proj"  # its fan_in is the encoder's width
 
 
 class LoraCheckError(StudioError, ValueError):
@@ -45,6 +48,7 @@ class LoraReport:
     targets: list[TargetResult] = field(default_factory=list)
     missing_metadata: list[str] = field(default_factory=list)
     error: str | None = None
+    embedding_line: str = ""  # an embeddings file: what the loaders make of it
 
     @property
     def ok(self) -> bool:
@@ -55,6 +59,8 @@ class LoraReport:
         """One short line per loader, then the metadata."""
         if self.error:
             return [self.error]
+        if self.layout == "embeddings":
+            return [self.embedding_line]
         out = [_line(t) for t in self.targets]
         if self.layout == "kohya":
             out.append("SDXL metadata present" if not self.missing_metadata else
@@ -98,6 +104,8 @@ def _line(t: TargetResult) -> str:
 
 def layout_of(keys) -> str:
     keys = list(keys)
+    if keys and set(keys) == set(EMBEDDING_KEYS):
+        return "embeddings"
     return "kohya" if keys and all(k.startswith(KOHYA_PREFIXES) for k in keys) else "diffusers"
 
 
@@ -108,7 +116,9 @@ def check_tensors(tensors: dict[str, Any], metadata: dict[str, str] | None,
     if not tensors:
         report.error = "the file holds no tensors"
         return report
-    if report.layout == "kohya":
+    if report.layout == "embeddings":
+        _check_embeddings(tensors, names, report)
+    elif report.layout == "kohya":
         report.targets = [comfyui(tensors, names), a1111(tensors, names),
                           diffusers(tensors, names)]
         meta = metadata or {}
@@ -119,6 +129,31 @@ def check_tensors(tensors: dict[str, Any], metadata: dict[str, str] | None,
     else:
         report.targets = [diffusers(tensors, names)]
     return report
+
+
+def _check_embeddings(tensors: dict[str, Any], names: SDXLNames, report: LoraReport) -> None:
+    """An embeddings file (``clip_l``, ``clip_g``: tokens x width) loads in A1111, ComfyUI and
+    diffusers' ``load_textual_inversion`` when both hold the same tokens at the widths of the
+    base's two text encoders."""
+    widths = []
+    for key, comp in EMBEDDING_KEYS.items():
+        t = tensors[key]
+        if t.ndim != 2 or t.shape[0] < 1:
+            report.error = f"{key} is not a tokens x width matrix (shape {tuple(t.shape)})"
+            return
+        layer = names.modules.get(comp, {}).get(_TE_PROBE)
+        if layer is not None and t.shape[1] != layer.fan_in:
+            report.error = (f"{key} is {t.shape[1]} wide but {names.label}'s {comp} is "
+                            f"{layer.fan_in}: embeddings made for another base")
+            return
+        widths.append(int(t.shape[1]))
+    rows = {int(tensors[k].shape[0]) for k in EMBEDDING_KEYS}
+    if len(rows) != 1:
+        report.error = "clip_l and clip_g hold different numbers of tokens"
+        return
+    report.embedding_line = (f"A1111, ComfyUI and diffusers: {rows.pop()} token embedding(s), "
+                             f"clip_l {widths[0]} and clip_g {widths[1]} wide, as the base's text "
+                             "encoders")
 
 
 def read_lora(file: str | Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -87,7 +87,8 @@ def write_manifest(run_dir: Path, cfg, ds, base: str, vae: str | None, instance_
         "lora": lora_entry(cfg),
         "packages": package_versions(),
         "files": file_entries(Path(run_dir)),
-        "lora_check": lora_check(export_files(Path(run_dir)), base),
+        "lora_check": lora_check({**export_files(Path(run_dir)), **companion_files(run_dir)},
+                                 base),
     }
     atomic_write_json(RunFolder(run_dir).manifest_path, manifest)
     return manifest

@@ -149,10 +149,11 @@ def _check_loras(rf: RunFiles) -> None:
     from studio.lora.verify import LoraCheckError, require_loadable
 
     base = trigger_info(rf)["base_model"]
-    for fmt in EXPORT_FORMATS:
-        if fmt.file_name in rf.files:
+    names = [fmt.file_name for fmt in EXPORT_FORMATS] + [rf.run.EMBEDDINGS]
+    for name in names:
+        if name in rf.files:
             try:
-                require_loadable(rf.files[fmt.file_name], base)
+                require_loadable(rf.files[name], base)
             except LoraCheckError as exc:
                 raise ShareError(str(exc)) from None
 

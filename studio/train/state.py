@@ -87,8 +87,10 @@ def check_lora(folder: Path, base: str | None, warn: Callable[[str], None], what
     from studio.lora.formats import export_files
     from studio.lora.verify import check_files
     from studio.models import model_source
+    from studio.runs.folder import companion_files
 
-    for name, check in check_files(export_files(folder), model_source("base", base)).items():
+    files = {**export_files(folder), **companion_files(folder)}
+    for name, check in check_files(files, model_source("base", base)).items():
         if not check["ok"]:
             warn(f"{name} of {what} fails the loader check: {check['summary']}")
 
