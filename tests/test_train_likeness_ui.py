@@ -40,7 +40,8 @@ def test_frame_has_no_point_for_a_step_without_faces():
 
 def test_proposal_plot_and_use_best(scored, tmp_path):
     run = Path(shutil.copytree(scored, tmp_path / "run"))
-    plot, text, seen = TL.tick(str(run), None)
+    plot, text, seen, use, score = TL.tick(str(run), None)
+    assert use["interactive"] and score["interactive"]  # a proposal, checkpoints to score
     assert text.startswith("**Best checkpoint:** checkpoint 4: likeness")
     assert f"Latest: step 6: {NO_FACE} (0/2 images)" in text
     likeness = plot[plot["series"] == "likeness"]
@@ -58,8 +59,10 @@ def test_a_run_without_scores_says_how_to_get_them(tmp_path):
     from share_fixtures import build_run
 
     run = build_run(tmp_path / "plain", "base")
-    _, text, _ = TL.tick(str(run), None)
+    _, text, _, use, _ = TL.tick(str(run), None)
     assert text == TL.NOT_MEASURED
+    assert use["interactive"] is False  # nothing proposed: Use best checkpoint is disabled
+    assert all(u["interactive"] is False for u in TL.tick(None, None)[3:])
     assert TL.on_use_best(str(run)) == "⚠️ No checkpoint has been scored yet."
     assert TL.cell_scores(run, [run / "samples" / "step-000002" / "0.png"]) == {}
 

@@ -41,11 +41,17 @@ def _latest(r: StepScore) -> str:
 
 def best_markdown(run_dir: str | Path) -> tuple[str, list[StepScore]]:
     """(what the proposal box says, the rows) for a run."""
+    text, rows, _ = _best(run_dir)
+    return text, rows
+
+
+def _best(run_dir: str | Path) -> tuple[str, list[StepScore], bool]:
+    """(proposal text, rows, whether a checkpoint is proposed) for a run."""
     result = run_likeness(RunFolder(run_dir))
     if not result.rows:
-        return NOT_MEASURED, []
+        return NOT_MEASURED, [], False
     return (f"**Best checkpoint:** {result.proposal.reason}\n\nLatest: "
-            f"{_latest(result.rows[-1])}"), result.rows
+            f"{_latest(result.rows[-1])}"), result.rows, result.proposal.step is not None
 
 
 # ---- each compared image's score ----------------------------------------------------------------
@@ -83,15 +89,18 @@ def build(c: dict) -> None:
         color_map={"likeness": "#2ca25f", "bleed": "#de2d26"})
     c["best"] = gr.Markdown(elem_id="train-best")
     with gr.Row():
+        # enabled by the live view: Use best once a checkpoint is proposed, Score once a run
+        # with checkpoints is selected
         c["use_best"] = gr.Button("Use best checkpoint", elem_id="train-use-best", size="sm",
-                                  variant="primary")
-        c["score"] = gr.Button("Score checkpoints", elem_id="train-score", size="sm")
+                                  variant="primary", interactive=False)
+        c["score"] = gr.Button("Score checkpoints", elem_id="train-score", size="sm",
+                               interactive=False)
     c["best_status"] = gr.Markdown(elem_id="train-best-status")
     c["likeness_seen"] = gr.State(None)
 
 
 def wire(ctx, c: dict) -> None:
-    outs = [c["likeness_plot"], c["best"], c["likeness_seen"]]
+    outs = [c["likeness_plot"], c["best"], c["likeness_seen"], c["use_best"], c["score"]]
     c["timer"].tick(tick, [c["runs"], c["likeness_seen"]], outs, show_progress="hidden",
                     queue=False)
     c["runs"].change(tick, [c["runs"], c["likeness_seen"]], outs, show_progress="hidden")
@@ -105,17 +114,21 @@ def wire(ctx, c: dict) -> None:
 
 
 def tick(run_dir: str | None, seen: Any) -> tuple:
-    """The plot and the proposal of the selected run; gr.skip() while nothing changed."""
+    """The plot, the proposal and the two buttons' state of the selected run; gr.skip() while
+    nothing changed."""
+    off = gr.update(interactive=False)
     if not run_dir:
-        return gr.skip(), "", None
+        return gr.skip(), "", None, off, off
     try:
-        text, rows = best_markdown(run_dir)
+        text, rows, proposed = _best(run_dir)
+        has_checkpoints = bool(RunFolder(run_dir).checkpoints())
     except StudioError as exc:
-        return gr.skip(), f"⚠️ {first_line(exc)}", None
-    sig = [run_dir, text, [r.to_event() for r in rows]]
+        return gr.skip(), f"⚠️ {first_line(exc)}", None, off, off
+    sig = [run_dir, text, [r.to_event() for r in rows], has_checkpoints]
     if sig == seen:
-        return gr.skip(), gr.skip(), seen
-    return (likeness_frame(rows) if rows else None), text, sig
+        return gr.skip(), gr.skip(), seen, gr.skip(), gr.skip()
+    return ((likeness_frame(rows) if rows else None), text, sig,
+            gr.update(interactive=proposed), gr.update(interactive=has_checkpoints))
 
 
 def on_use_best(run_dir: str | None) -> str:
