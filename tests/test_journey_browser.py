@@ -287,6 +287,9 @@ def after_reload(page, run: str) -> None:
     wait_until(lambda: "finished" in status_text(page), 60, "its state after a reload", page)
     assert any(run in o for o in options(page, "train-runs"))
     assert f"{DATASET} (3 images)" in options(page, "train-dataset")
+    # The finished run measured this machine's speed: the estimate is a time now.
+    wait_until(lambda: "of training" in text_of(page, "train-estimate"), 60,
+               "a measured estimate")
     page.get_by_role("tab", name="Generate").click()
     page.wait_for_function("document.querySelectorAll('#gen-gallery img').length === 2",
                            timeout=60_000)
