@@ -126,9 +126,14 @@ def _models_panel(ctx: AppContext) -> None:
                    elem_id="gen-base")
         gr.Textbox(label="Refiner model", value=shown_source(ctx, ctx.refiner),
                    interactive=False, elem_id="gen-refiner-model")
+        from gradio.context import Context
+
         from studio.generate.performance import ui_line  # speed and memory modes, and why
 
-        gr.Markdown(lambda: ui_line(), elem_id="gen-performance")
+        # Filled on page load: asking CUDA imports torch, which the first page does not wait for.
+        mode = gr.Markdown("", elem_id="gen-performance")
+        if Context.root_block is not None:
+            Context.root_block.load(lambda: ui_line(), None, mode, show_progress="hidden")
 
 
 def _wire(ctx: AppContext, gallery: Gallery, c: dict) -> None:

@@ -13,4 +13,11 @@ def recommendation_line() -> str:
 
 
 def recommended_panel() -> gr.Markdown:
-    return gr.Markdown(recommendation_line, elem_id="train-hardware")
+    """Empty when the page is built, filled on every page load: asking CUDA imports torch
+    (seconds), which the first page does not wait for."""
+    from gradio.context import Context
+
+    md = gr.Markdown("", elem_id="train-hardware")
+    if Context.root_block is not None:
+        Context.root_block.load(recommendation_line, None, md, show_progress="hidden")
+    return md
