@@ -75,9 +75,16 @@ def choose(page, elem: str, label: str) -> None:
 
 
 def set_number(page, elem: str, number) -> None:
+    """Type a number as a person does (and again if the field was still being drawn: a field
+    of an accordion that just opened can be redrawn with its first value)."""
     box = page.locator(f"#{elem} input[type=number]").first
-    box.fill(str(number))
-    box.press("Tab")
+    for _ in range(5):
+        box.fill(str(number))
+        box.press("Tab")
+        page.wait_for_timeout(300)
+        if box.input_value() == str(number):
+            return
+    raise AssertionError(f"#{elem} does not keep the value {number}")
 
 
 def text_of(page, elem: str) -> str:
