@@ -54,11 +54,13 @@ def _png(im: Image.Image, path: Path, prompt: str, seed: int) -> str:
 
 
 def build_face_run(run: Path, dataset: Path, steps: dict[int, tuple[list, list]],
-                   baseline: list[Image.Image], finished: bool = True) -> Path:
+                   baseline: list[Image.Image], finished: bool = True,
+                   base: str | Path | None = None) -> Path:
     """A run with a checkpoint per step; ``steps[N]`` = (sample photos, bleed photos), two
-    each (seeds 0 and 1); ``baseline``: the bleed prompt without the LoRA."""
+    each (seeds 0 and 1); ``baseline``: the bleed prompt without the LoRA; ``base``: the model
+    the LoRA files are for (the tiny base: push and bundle check the files against it)."""
     run.mkdir(parents=True)
-    cfg = {"data": {"dataset": str(dataset), "resolution": SIZE},
+    cfg = {"model": {"base": str(base)} if base else {}, "data": {"dataset": str(dataset), "resolution": SIZE},
            "lora": {"rank": 4, "alpha": 4}, "train": {"max_train_steps": max(steps)},
            "validation": {"prompts": [INSTANCE_PROMPT], "num_images": 2}}
     (run / "config.yaml").write_text(TrainConfig.model_validate(cfg).to_yaml())
@@ -87,7 +89,7 @@ def build_face_run(run: Path, dataset: Path, steps: dict[int, tuple[list, list]]
         events.append({"type": "end", "status": "finished", "step": last, "message": "done"})
         (run / "manifest.json").write_text(json.dumps({
             "trigger": "TOK", "class_word": "person", "instance_prompt": INSTANCE_PROMPT,
-            "base_model": "base-model", "steps": last}))
+            "base_model": str(base) if base else "base-model", "steps": last}))
     (run / "events.jsonl").write_text("".join(json.dumps({**e, "time": now}) + "\n"
                                               for e in events))
     return run

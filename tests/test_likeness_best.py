@@ -25,13 +25,13 @@ class NoGenerator:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
+def template(tmp_path_factory, tiny_models) -> Path:
     root = tmp_path_factory.mktemp("best")
     ds = face_dataset(root / "astro")
     a, g, coffee = astronauts(), graces(), dp.no_face_photo()
     return build_face_run(root / "run", ds, {
         100: (g[:2], g[2:]), 200: (a[2:], g[2:]), 300: (a[:2], a[2:]),
-        400: ([coffee, coffee], g[:2])}, baseline=g[:2])
+        400: ([coffee, coffee], g[:2])}, baseline=g[:2], base=tiny_models["base"])
 
 
 @pytest.fixture()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,15 @@ def test_screenshots_writes_a_png_per_tab(tiny_models, tmp_path):
         if os.environ.get("CI"):
             raise
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    written = mod.take_screenshots(tmp_path / "shots", chromium=chromium, models=tiny_models)
+    # In its own process, as `make screenshots` runs it (Playwright's sync API refuses to start
+    # inside the asyncio loop the session's browser fixture leaves in this process).
+    args = [sys.executable, str(ROOT / "scripts" / "screenshots.py"), "--out",
+            str(tmp_path / "shots"), "--chromium", chromium]
+    for flag in ("base", "refiner", "captioner"):
+        args += [f"--{flag}", str(tiny_models[flag])]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = [Path(line) for line in r.stdout.split()]
     assert [p.name for p in written] == ["01-dataset.png", "02-train.png", "03-generate.png",
                                          "04-share.png"]
     for path in written:
