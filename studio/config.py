@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from studio.config_likeness import LikenessDataFields, PivotalLoraFields, PivotalTrainFields
+from studio.config_techniques import LikenessDataFields, PivotalLoraFields, PivotalTrainFields
 from studio.overrides import ConfigError, apply_override, deep_merge, parse_override  # noqa: F401
 from studio.workspace import user_presets_dir
 

@@ -1,4 +1,4 @@
-"""The settings of the likeness techniques (pivotal tuning, face-weighted loss, aspect-ratio
+"""The settings of the training techniques for likeness (pivotal tuning, face-weighted loss, aspect-ratio
 buckets), as field groups that :mod:`studio.config`'s sections inherit; they are ordinary keys of
 those sections (``lora.train_text_embeddings``, ``train.text_embeddings_lr``,
 ``data.mask_weight``...). The README's Training section says what each is for and costs."""
