@@ -197,7 +197,9 @@ def test_train_cancel_resume_compare_and_generate(home, tiny_models, page, clean
         wait_until(lambda: page.locator("#gen-prompt textarea").is_visible(), 30,
                    "the Generate tab")
         assert "TOK person" in page.locator("#gen-prompt textarea").input_value()
-        assert page.locator("#gen-lora input").input_value() == run_dir.name  # runs by name
+        # The LoRA list shows runs by name once the tab-open event has read the runs again.
+        wait_until(lambda: page.locator("#gen-lora input").input_value() == run_dir.name, 60,
+                   "the run's name in Generate's LoRA field")
         for eid, val in (("gen-width", 64), ("gen-height", 64), ("gen-steps", 2)):
             box = page.locator(f"#{eid} input[type=number]")
             box.fill(str(val))
