@@ -102,15 +102,18 @@ def to_kohya(diffusers_state: Mapping[str, Any],
     return out
 
 
-def _read(src: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def read_safetensors(src: Path, error: type[Exception] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a LoRA file; ``error`` (default :class:`KohyaError`) with one
+    sentence when it cannot be read as safetensors."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(src), framework="pt") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - safetensors raises several unrelated types
-        raise KohyaError(f"The LoRA file {src.name} cannot be read as safetensors "
-                         f"({type(exc).__name__}).") from None
+        raise (error or KohyaError)(f"The LoRA file {src.name} cannot be read as safetensors "
+                                    f"({type(exc).__name__}).") from None
 
 
 def write_kohya(src: str | Path, dst: str | Path, lora_alpha: float | None = None) -> Path:
@@ -119,7 +122,7 @@ def write_kohya(src: str | Path, dst: str | Path, lora_alpha: float | None = Non
     from safetensors.torch import save_file
 
     src = Path(src)
-    tensors, metadata = _read(src)
+    tensors, metadata = read_safetensors(src)
     alphas = adapter_alphas(metadata)
     kohya = to_kohya(tensors, float(lora_alpha) if lora_alpha is not None else alphas)
     downs = [k for k in kohya if k.endswith(DOWN)]

@@ -158,17 +158,12 @@ def _check_embeddings(tensors: dict[str, Any], names: SDXLNames, report: LoraRep
 
 def read_lora(file: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """(tensors, metadata) of a safetensors file; LoraCheckError when it cannot be read."""
-    from safetensors import safe_open
+    from studio.lora.kohya import read_safetensors
 
     path = Path(file)
     if not path.is_file():
         raise LoraCheckError(f"The LoRA file {path} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several unrelated types
-        raise LoraCheckError(f"The LoRA file {path.name} cannot be read as safetensors "
-                             f"({type(exc).__name__}).") from None
+    return read_safetensors(path, LoraCheckError)
 
 
 def verify_lora(file: str | Path, base: str | Path | None = None,
